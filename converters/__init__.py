@@ -1,0 +1,19 @@
+"""Lowering rules from core ATen ops to JAX, one module per op family.
+
+Importing this package fills the registry; `lookup` and `supported_ops` read it.
+"""
+
+from . import (  # noqa: F401  (imported to register their lowerings)
+    activation,
+    conv,
+    creation,
+    elementwise,
+    linear,
+    norm,
+    pool,
+    reduction,
+    shape,
+)
+from .registry import lookup as lookup
+from .registry import register as register
+from .registry import supported_ops as supported_ops

@@ -1,0 +1,32 @@
+"""jaxjac: per-sample input Jacobians of PyTorch 1D CNNs, computed in JAX.
+
+>>> model = jaxjac.convert(torch_net, X[:1])    # doctest: +SKIP
+>>> J = jaxjac.jacobian(model, X)               # doctest: +SKIP
+>>> J.shape                                     # doctest: +SKIP
+(194109, 3, 1, 224)
+"""
+
+from __future__ import annotations
+
+from ._errors import ConversionCheckError as ConversionCheckError
+from ._errors import JaxjacError as JaxjacError
+from ._errors import UnsupportedOpError as UnsupportedOpError
+from ._jacobian import jacobian as jacobian
+from ._jacobian import jacobian_fn as jacobian_fn
+from ._model import Buffer as Buffer
+from ._model import ConvertedModel as ConvertedModel
+from ._versions import package_version as _package_version
+
+__version__ = _package_version("jaxjac") or "0+unknown"
+
+
+
+
+def __getattr__(name: str):
+    # `convert` needs torch; import it only when asked, so that loading and
+    # running a converted model works in an environment without torch.
+    if name == "convert":
+        from ._convert import convert
+
+        return convert
+    raise AttributeError(f"module 'jaxjac' has no attribute {name!r}")

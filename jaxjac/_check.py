@@ -1,0 +1,95 @@
+"""Runs the torch model and its conversion side by side on probe inputs.
+
+The reference is the per-sample loop users start from:
+`torch.autograd.functional.jacobian(net, X[i:i+1])` on each probe row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._errors import ConversionCheckError
+from ._export import eval_mode
+from ._jacobian import jacobian
+from ._model import ConvertedModel
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 0.0
+
+
+def torch_outputs_and_jacobians(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Torch's outputs `(N, K)` and per-sample Jacobians `(N, K, *sample_shape)`, one sample at a time."""
+    outputs, jacobians = [], []
+    with eval_mode(net):
+        for i in range(x.shape[0]):
+            row = x[i : i + 1]
+            with torch.no_grad():
+                outputs.append(net(row).reshape(-1).numpy())
+            jac = torch.autograd.functional.jacobian(net, row)
+            jacobians.append(jac.reshape(-1, *row.shape[1:]).numpy())
+    return np.stack(outputs), np.stack(jacobians)
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """`(max |actual - expected|, that divided by max |expected|)`."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    abs_err = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    return abs_err, abs_err / scale if scale > 0 else abs_err
+
+
+def check_conversion(
+    net: torch.nn.Module,
+    model: ConvertedModel,
+    probes: np.ndarray,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> dict:
+    """Compare outputs and Jacobians of `net` and `model` on `probes`.
+
+    **Arguments:**
+
+    - `net`: the torch model, in the dtype of `model`.
+    - `model`: its conversion.
+    - `probes`: inputs `(P, *sample_shape)`.
+    - `rtol`, `atol`: an array passes when `max|jax - torch| <= atol + rtol * max|torch|`.
+
+    **Returns:** the report, a JSON-serialisable dict.
+
+    Raises `ConversionCheckError`, with the numbers, when either array fails.
+    """
+    torch_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.as_tensor(np.asarray(probes)).to(torch_dtype)
+    expected_out, expected_jac = torch_outputs_and_jacobians(net, x)
+    actual_out = np.asarray(model(x.numpy())).reshape(len(x), -1)
+    actual_jac = jacobian(model, x.numpy(), batch_size=len(x))
+    report: dict = {"n_probes": int(len(x)), "dtype": str(model.dtype), "rtol": rtol, "atol": atol}
+    failed = []
+    for key, actual, expected in (("outputs", actual_out, expected_out), ("jacobians", actual_jac, expected_jac)):
+        abs_err, rel_err = relative_error(actual, expected)
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+        report[f"{key}_max_abs_error"] = abs_err
+        report[f"{key}_max_rel_error"] = rel_err
+        if not (np.all(np.isfinite(actual)) and abs_err <= atol + rtol * scale):
+            failed.append(f"{key}: max relative error {rel_err:.3g} (absolute {abs_err:.3g})")
+    report["passed"] = not failed
+    if failed:
+        raise ConversionCheckError(
+            f"the converted model disagrees with torch beyond rtol={rtol:g}, atol={atol:g} on "
+            f"{len(x)} probe inputs: {'; '.join(failed)}. This is a lowering bug: please report it; "
+            "raise --rtol/--atol only if the difference is expected",
+            report,
+        )
+    return report
+
+
+def format_report(report: dict) -> str:
+    """One line summarising a conversion check."""
+    verdict = "passed" if report["passed"] else "FAILED"
+    return (
+        f"conversion check {verdict} on {report['n_probes']} probes ({report['dtype']}): "
+        f"outputs max rel error {report['outputs_max_rel_error']:.2e}, "
+        f"Jacobians max rel error {report['jacobians_max_rel_error']:.2e} (rtol {report['rtol']:g})"
+    )

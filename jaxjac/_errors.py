@@ -1,0 +1,33 @@
+"""The exceptions jaxjac raises for problems a user can fix."""
+
+from __future__ import annotations
+
+ISSUES_URL = "https://github.com/jaxjac/jaxjac/issues"
+
+
+class JaxjacError(Exception):
+    """A problem with the user's input, model or files, explained in one line.
+
+    The CLI prints these without a traceback and exits non-zero.
+    """
+
+
+class UnsupportedOpError(JaxjacError):
+    """An ATen op in the model has no JAX lowering."""
+
+    def __init__(self, op: str, where: str, others: int = 0) -> None:
+        more = f" (and {others} other unsupported op{'s' if others != 1 else ''})" if others else ""
+        super().__init__(
+            f"ATen op `{op}` from {where} has no JAX lowering{more}; "
+            f"jaxjac refuses to build a model it cannot run exactly. Please report it at {ISSUES_URL} "
+            f"with the layer that produced it; `jaxjac.converters.supported_ops()` lists what is covered."
+        )
+        self.op = op
+
+
+class ConversionCheckError(JaxjacError):
+    """The converted model disagrees with torch beyond the tolerance."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,70 @@
+"""Traces a torch module with `torch.export` in eval semantics, at batch size 1.
+
+The graph is traced for one sample, `(1, *sample_shape)`, which is exactly
+what the per-sample reference `torch.autograd.functional.jacobian(net,
+X[i:i+1])` evaluates; JAX's `vmap` then batches it. Tracing at batch 1 also
+keeps every shape static.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from ._errors import JaxjacError
+
+
+@contextlib.contextmanager
+def eval_mode(net: torch.nn.Module) -> Iterator[None]:
+    """Put `net` in eval mode for the block, warning if it was training, then restore it."""
+    modes = {name: m.training for name, m in net.named_modules()}
+    training = [name or "<root>" for name, was in modes.items() if was]
+    if training:
+        warnings.warn(
+            f"the model was handed over in train mode ({len(training)} modules, e.g. `{training[0]}`); "
+            "jaxjac converts it in eval mode: BatchNorm uses running statistics and Dropout is the identity",
+            stacklevel=3,
+        )
+    net.eval()
+    try:
+        yield
+    finally:
+        for name, m in net.named_modules():
+            m.training = modes[name]
+
+
+def _warn_batch_statistics(net: torch.nn.Module) -> None:
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
+            warnings.warn(
+                f"BatchNorm `{name}` keeps no running statistics, so torch normalises it with the "
+                "statistics of the whole batch even in eval mode; jaxjac converts the per-sample "
+                "(batch of one) behaviour, which is what a per-sample Jacobian differentiates",
+                stacklevel=3,
+            )
+
+
+def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
+    """Export `net` on a batch of one, decomposed to the core ATen op set.
+
+    **Arguments:**
+
+    - `net`: any module whose forward `torch.export` can trace.
+    - `sample`: one input batch `(1, *sample_shape)`.
+    """
+    if not isinstance(net, torch.nn.Module):
+        raise JaxjacError(f"expected a torch.nn.Module to convert, got {type(net).__name__}")
+    _warn_batch_statistics(net)
+    with eval_mode(net), torch.no_grad():
+        try:
+            program = torch.export.export(net, (sample,))
+        except Exception as error:  # torch raises many types here; keep its first line
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise JaxjacError(
+                f"torch.export could not trace the model's forward on an input of shape "
+                f"{tuple(sample.shape)}: {first}"
+            ) from error
+        return program.run_decompositions()

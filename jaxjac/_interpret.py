@@ -1,0 +1,83 @@
+"""Runs a lowered `Graph` on JAX arrays with the lowerings in `jaxjac.converters`."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import converters
+from ._errors import UnsupportedOpError
+from ._graph import DType, Graph, Ref
+
+_INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8"}
+
+
+def check_supported(graph: Graph) -> None:
+    """Raise `UnsupportedOpError` for the first op of `graph` with no lowering."""
+    missing = [node for node in graph.nodes if node.op != "getitem" and converters.lookup(node.op) is None]
+    if missing:
+        others = len({node.op for node in missing}) - 1
+        raise UnsupportedOpError(missing[0].op, missing[0].where(), others)
+
+
+def resolve_dtype(name: str, float_dtype: jnp.dtype) -> jnp.dtype:
+    """The JAX dtype that stands for torch dtype `name` in a model computing in `float_dtype`.
+
+    float32 and float64 both mean "the model's float dtype", so that a model
+    converted for float64 stays in float64 through its explicit casts.
+    Integer dtypes take JAX's default integer width, which is 32 bits unless
+    x64 is enabled.
+    """
+    if name in ("float32", "float64"):
+        return float_dtype
+    if name in ("float16", "bfloat16", "bool", "complex64"):
+        return jnp.dtype(name)
+    if name in _INTEGER_DTYPES:
+        return jnp.dtype(name) if name in ("int8", "int16", "uint8") else jnp.dtype(jnp.int_)
+    raise ValueError(f"torch dtype {name!r} is not supported by jaxjac")
+
+
+def run_graph(
+    graph: Graph,
+    tensors: Mapping[str, jax.Array],
+    x: jax.Array,
+    float_dtype: jnp.dtype,
+) -> tuple[jax.Array, ...]:
+    """Evaluate `graph` on input `x`.
+
+    **Arguments:**
+
+    - `graph`: the lowered program.
+    - `tensors`: the model's parameters and buffers by dotted torch name.
+    - `x`: the input with the batch axis the graph was traced with, `(1, *sample_shape)`.
+    - `float_dtype`: the float dtype the model computes in.
+
+    **Returns:** the graph's outputs, in order.
+    """
+    env: dict[str, Any] = {}
+
+    def value(arg: Any) -> Any:
+        if isinstance(arg, Ref):
+            if arg.kind == "node":
+                return env[arg.name]
+            if arg.kind == "tensor":
+                return tensors[arg.name]
+            return x
+        if isinstance(arg, DType):
+            return resolve_dtype(arg.name, float_dtype)
+        if isinstance(arg, tuple):
+            return tuple(value(a) for a in arg)
+        return arg
+
+    for node in graph.nodes:
+        fn = operator.getitem if node.op == "getitem" else converters.lookup(node.op)
+        if fn is None:
+            raise UnsupportedOpError(node.op, node.where())
+        args = [value(a) for a in node.args]
+        kwargs = {k: value(v) for k, v in node.kwargs}
+        env[node.name] = fn(*args, **kwargs)
+    return tuple(value(ref) for ref in graph.outputs)

@@ -1,0 +1,148 @@
+"""Turns a core-ATen `torch.export.ExportedProgram` into a `Graph` and named tensors.
+
+This module imports torch; nothing that runs a converted model needs it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import JaxjacError
+from ._graph import DType, Graph, Node, Ref
+from ._interpret import check_supported
+
+# Arguments that say where or how torch lays out memory: meaningless in JAX.
+_PLACEMENT_KWARGS = frozenset({"device", "layout", "pin_memory", "memory_format", "non_blocking"})
+
+
+def op_name(target: Any) -> str:
+    """The registry key for an FX call target, such as ``"aten.convolution.default"``."""
+    if target is operator.getitem:
+        return "getitem"
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}.{getattr(target, '__name__', repr(target))}"
+
+
+def _module_of(node: torch.fx.Node) -> tuple[str, str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, kind = list(stack.values())[-1]
+    kind = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+    return path, kind
+
+
+def _tensor_to_numpy(t: torch.Tensor, float_dtype: np.dtype) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        return t.to(torch.float64).numpy().astype(float_dtype)
+    if t.dtype == torch.bool:
+        return t.numpy().copy()
+    return t.numpy().copy()
+
+
+def lower_program(
+    program: torch.export.ExportedProgram,
+    *,
+    float_dtype: np.dtype,
+    output_index: int | None = None,
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Lower a decomposed ExportedProgram.
+
+    **Arguments:**
+
+    - `program`: a program from `torch.export`, already decomposed to core ATen.
+    - `float_dtype`: the numpy float dtype the tensors are stored in.
+    - `output_index`: which output to keep when `forward` returns several.
+
+    **Returns:** the graph and its tensors by dotted torch name.
+
+    Raises `UnsupportedOpError` for an op with no lowering, naming the op and
+    the torch module it came from.
+    """
+    signature = program.graph_signature
+    refs: dict[str, Any] = {}
+    tensors: dict[str, np.ndarray] = {}
+    user_inputs: list[str] = []
+    for spec in signature.input_specs:
+        name = spec.arg.name
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+            user_inputs.append(name)
+            refs[name] = Ref("input", name)
+            continue
+        target = spec.target
+        value = program.state_dict.get(target)
+        if value is None:
+            value = program.constants.get(target)
+        if not isinstance(value, torch.Tensor):
+            raise JaxjacError(
+                f"model input `{target}` is a {type(value).__name__}, not a tensor; jaxjac converts "
+                "models whose parameters, buffers and constants are tensors"
+            )
+        tensors[target] = _tensor_to_numpy(value, float_dtype)
+        refs[name] = Ref("tensor", target)
+    if len(user_inputs) != 1:
+        raise JaxjacError(
+            f"the model's forward takes {len(user_inputs)} tensor inputs; jaxjac differentiates "
+            "models of one input tensor. Wrap the model so that forward(x) takes one batch."
+        )
+
+    def convert_arg(arg: Any) -> Any:
+        if isinstance(arg, torch.fx.Node):
+            return refs[arg.name]
+        if isinstance(arg, list | tuple):
+            return tuple(convert_arg(a) for a in arg)
+        if isinstance(arg, torch.dtype):
+            return DType(str(arg).removeprefix("torch."))
+        if arg is None or isinstance(arg, bool | int | float | str):
+            return arg
+        raise JaxjacError(f"cannot lower an argument of type {type(arg).__name__} ({arg!r})")
+
+    nodes: list[Node] = []
+    outputs: tuple[Ref, ...] = ()
+    for fx_node in program.graph.nodes:
+        if fx_node.op == "call_function":
+            kwargs = {k: v for k, v in fx_node.kwargs.items() if k not in _PLACEMENT_KWARGS}
+            val = fx_node.meta.get("val")
+            if "dtype" in kwargs and kwargs["dtype"] is None and isinstance(val, torch.Tensor):
+                kwargs["dtype"] = val.dtype
+            path, kind = _module_of(fx_node)
+            nodes.append(
+                Node(
+                    name=fx_node.name,
+                    op=op_name(fx_node.target),
+                    args=tuple(convert_arg(a) for a in fx_node.args),
+                    kwargs=tuple(sorted((k, convert_arg(v)) for k, v in kwargs.items())),
+                    module_path=path,
+                    module_type=kind,
+                )
+            )
+            refs[fx_node.name] = Ref("node", fx_node.name)
+        elif fx_node.op == "output":
+            outputs = tuple(convert_arg(a) for a in fx_node.args[0])
+    outputs = _pick_output(outputs, output_index)
+    graph = Graph(input_name=user_inputs[0], nodes=tuple(nodes), outputs=outputs, tensors=tuple(tensors))
+    check_supported(graph)
+    return graph, tensors
+
+
+def _pick_output(outputs: tuple[Any, ...], output_index: int | None) -> tuple[Ref, ...]:
+    if output_index is None:
+        if len(outputs) != 1:
+            raise JaxjacError(
+                f"the model's forward returns {len(outputs)} values; pass output_index "
+                "(`--output-index` on the command line) to choose the one to differentiate"
+            )
+        output_index = 0
+    if not -len(outputs) <= output_index < len(outputs):
+        raise JaxjacError(f"output_index={output_index} is out of range for a forward that returns {len(outputs)} values")
+    chosen = outputs[output_index]
+    if not isinstance(chosen, Ref):
+        raise JaxjacError(f"output {output_index} of the model's forward is {chosen!r}, not a tensor")
+    return (chosen,)

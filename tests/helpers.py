@@ -1,0 +1,87 @@
+"""Shared test helpers: the torch autograd reference and one closeness assertion."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import jax
+import numpy as np
+import torch
+
+import jaxjac
+
+# Relative to the largest reference magnitude: float32 kernels in torch and
+# XLA sum in different orders, float64 must agree to rounding.
+RTOL = {"float32": 1e-4, "float64": 1e-9}
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def assert_close(actual, expected, dtype: str, what: str = "values") -> None:
+    """Assert `max|actual - expected| <= RTOL[dtype] * max|expected|`, with a readable message."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != torch's {expected.shape}"
+    assert np.all(np.isfinite(actual) == np.isfinite(expected)), f"{what}: non-finite entries differ from torch"
+    finite = np.isfinite(expected)
+    scale = float(np.max(np.abs(expected[finite]), initial=0.0))
+    err = float(np.max(np.abs(actual[finite] - expected[finite]), initial=0.0))
+    assert err <= RTOL[dtype] * max(scale, 1e-30), (
+        f"{what}: max abs error {err:.3g} vs scale {scale:.3g} (relative {err / max(scale, 1e-30):.3g}, "
+        f"tolerance {RTOL[dtype]:g}, {dtype})"
+    )
+
+
+def torch_reference(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Torch's per-sample outputs `(N, *out)` and Jacobians `(N, K, *sample_shape)` in eval mode."""
+    net.eval()
+    outputs, jacobians = [], []
+    for i in range(x.shape[0]):
+        row = x[i : i + 1]
+        with torch.no_grad():
+            out = net(row)
+        outputs.append(out.reshape(out.shape[1:] if out.ndim and out.shape[0] == 1 else out.shape).numpy())
+        jac = torch.autograd.functional.jacobian(net, row, vectorize=True)
+        jacobians.append(jac.reshape(-1, *row.shape[1:]).numpy())
+    return np.stack(outputs), np.stack(jacobians)
+
+
+@contextlib.contextmanager
+def precision(dtype: str):
+    """Enable 64-bit JAX for the block when `dtype` is float64."""
+    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
+        yield
+
+
+def assert_converts(
+    net: torch.nn.Module,
+    sample_shape: tuple[int, ...],
+    dtype: str = "float32",
+    *,
+    n: int = 3,
+    seed: int = 0,
+    x: np.ndarray | None = None,
+    methods: tuple[str, ...] = ("vmap-jacrev",),
+) -> jaxjac.ConvertedModel:
+    """Convert `net` and assert its outputs and Jacobians match torch autograd.
+
+    **Arguments:**
+
+    - `net`: a torch module, converted in `dtype`.
+    - `sample_shape`: the shape of one sample.
+    - `x`: the inputs to compare on `(n, *sample_shape)`; default standard normal.
+    - `methods`: Jacobian formulations to check.
+    """
+    net = copy.deepcopy(net).to(TORCH_DTYPES[dtype]).eval()
+    if x is None:
+        x = np.random.default_rng(seed).standard_normal((n, *sample_shape))
+    xt = torch.as_tensor(np.asarray(x)).to(TORCH_DTYPES[dtype])
+    expected_out, expected_jac = torch_reference(net, xt)
+    with precision(dtype):
+        model = jaxjac.convert(net, xt, dtype=dtype, check=False)
+        actual_out = np.asarray(model(xt.numpy()))
+        assert_close(actual_out, expected_out, dtype, "outputs")
+        for method in methods:
+            actual_jac = jaxjac.jacobian(model, xt.numpy(), method=method)
+            assert_close(actual_jac, expected_jac, dtype, f"Jacobians ({method})")
+    return model
