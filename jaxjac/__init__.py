@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from ._artifact import load as load
+from ._artifact import save as save
 from ._errors import ConversionCheckError as ConversionCheckError
 from ._errors import JaxjacError as JaxjacError
 from ._errors import UnsupportedOpError as UnsupportedOpError
