@@ -18,15 +18,22 @@ DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 0.0
 
 
-def torch_outputs_and_jacobians(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def torch_outputs_and_jacobians(
+    net: torch.nn.Module, x: torch.Tensor, output_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Torch's outputs `(N, K)` and per-sample Jacobians `(N, K, *sample_shape)`, one sample at a time."""
+
+    def forward(row: torch.Tensor) -> torch.Tensor:
+        out = net(row)
+        return out if output_index is None else out[output_index]
+
     outputs, jacobians = [], []
     with eval_mode(net):
         for i in range(x.shape[0]):
             row = x[i : i + 1]
             with torch.no_grad():
-                outputs.append(net(row).reshape(-1).numpy())
-            jac = torch.autograd.functional.jacobian(net, row)
+                outputs.append(forward(row).reshape(-1).numpy())
+            jac = torch.autograd.functional.jacobian(forward, row)
             jacobians.append(jac.reshape(-1, *row.shape[1:]).numpy())
     return np.stack(outputs), np.stack(jacobians)
 
@@ -46,6 +53,7 @@ def check_conversion(
     *,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
+    output_index: int | None = None,
 ) -> dict:
     """Compare outputs and Jacobians of `net` and `model` on `probes`.
 
@@ -55,6 +63,7 @@ def check_conversion(
     - `model`: its conversion.
     - `probes`: inputs `(P, *sample_shape)`.
     - `rtol`, `atol`: an array passes when `max|jax - torch| <= atol + rtol * max|torch|`.
+    - `output_index`: which of several outputs of `net` the model kept.
 
     **Returns:** the report, a JSON-serialisable dict.
 
@@ -62,7 +71,7 @@ def check_conversion(
     """
     torch_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
     x = torch.as_tensor(np.asarray(probes)).to(torch_dtype)
-    expected_out, expected_jac = torch_outputs_and_jacobians(net, x)
+    expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index)
     actual_out = np.asarray(model(x.numpy())).reshape(len(x), -1)
     actual_jac = jacobian(model, x.numpy(), batch_size=len(x))
     report: dict = {"n_probes": int(len(x)), "dtype": str(model.dtype), "rtol": rtol, "atol": atol}

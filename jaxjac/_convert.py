@@ -103,6 +103,6 @@ def convert(
                 raise JaxjacError(
                     f"check data holds samples of shape {tuple(probes.shape[1:])}; the model expects {sample_shape}"
                 )
-        info["check"] = check_conversion(net, model, probes, rtol=rtol, atol=atol)
+        info["check"] = check_conversion(net, model, probes, rtol=rtol, atol=atol, output_index=output_index)
         model = build(info)
     return model

@@ -28,6 +28,16 @@ Method = Literal["vmap-jacrev", "batched-vjp"]
 METHODS: tuple[str, ...] = ("vmap-jacrev", "batched-vjp")
 DEFAULT_METHOD: Method = "vmap-jacrev"
 
+# jaxjac's names for the matmul/conv precisions JAX offers. "float32" is true
+# float32; "tf32" and "bfloat16" trade accuracy for speed on GPUs and TPUs;
+# "default" leaves XLA's choice (TF32 on recent NVIDIA GPUs).
+PRECISIONS: dict[str, str | None] = {
+    "float32": "highest",
+    "tf32": "tensorfloat32",
+    "bfloat16": "bfloat16",
+    "default": None,
+}
+
 _OUTPUT_TRANSFORMS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "logits": lambda y: y,
     "probs": jax.nn.softmax,
@@ -60,6 +70,7 @@ def jacobian_fn(
     target: Target = "all",
     output: Output = "logits",
     method: Method = DEFAULT_METHOD,
+    precision: str = "float32",
 ) -> Callable[..., jax.Array]:
     """A jitted function from a batch to its per-sample Jacobians.
 
@@ -73,6 +84,9 @@ def jacobian_fn(
     - `output`: differentiate ``"logits"`` (the raw outputs), ``"probs"``
       (softmax) or ``"log_probs"`` (log-softmax).
     - `method`: ``"vmap-jacrev"`` or ``"batched-vjp"``; both give the same numbers.
+    - `precision`: matmul and convolution precision: ``"float32"`` (exact,
+      the default), ``"tf32"``, ``"bfloat16"`` or ``"default"`` (XLA's
+      choice, TF32 on recent NVIDIA GPUs). Only accelerators differ.
 
     **Returns:** `fn(x)` (or `fn(x, labels)` for a labels target) mapping a
     batch `x` of shape `(N, *sample_shape)` to `(N, K, *sample_shape)` for
@@ -83,6 +97,8 @@ def jacobian_fn(
     transform = _output_transform(output)
     if method not in METHODS:
         raise JaxjacError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if precision not in PRECISIONS:
+        raise JaxjacError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     sample_fn, tensors = model.sample_fn()
     n_outputs = model.n_outputs
     if output != "logits" and len(model.output_shape) != 1:
@@ -101,15 +117,16 @@ def jacobian_fn(
     @jax.jit
     def run(params: dict[str, jax.Array], x: jax.Array, labels: jax.Array | None) -> jax.Array:
         x = jnp.asarray(x, model.dtype)
-        if kind == "all":
-            return core(params, x)
-        if kind == "predicted":
-            select = None
-        elif kind == "index":
-            select = jnp.full((x.shape[0],), int(target))
-        else:
-            select = labels
-        return core(params, x, select)
+        with jax.default_matmul_precision(PRECISIONS[precision]):
+            if kind == "all":
+                return core(params, x)
+            if kind == "predicted":
+                select = None
+            elif kind == "index":
+                select = jnp.full((x.shape[0],), int(target))
+            else:
+                select = labels
+            return core(params, x, select)
 
     sample_shape = model.sample_shape
 
@@ -179,6 +196,7 @@ def jacobian(
     output: Output = "logits",
     batch_size: int = 1024,
     method: Method = DEFAULT_METHOD,
+    precision: str = "float32",
 ) -> np.ndarray:
     """Per-sample Jacobians of a whole dataset, in fixed-size batches.
 
@@ -190,7 +208,7 @@ def jacobian(
     - `output`: ``"logits"``, ``"probs"`` or ``"log_probs"``.
     - `batch_size`: samples per compiled call; the last batch is padded, so
       there is one compilation.
-    - `method`: the formulation, see `jacobian_fn`.
+    - `method`, `precision`: see `jacobian_fn`.
 
     **Returns:** a numpy array `(N, K, *sample_shape)` for ``target="all"``,
     else `(N, *sample_shape)`. Row `i` equals torch's
@@ -206,7 +224,7 @@ def jacobian(
         labels = np.asarray(target)
         if labels.shape != (x.shape[0],):
             raise JaxjacError(f"labels have shape {labels.shape}; expected ({x.shape[0]},), one per sample")
-    fn = jacobian_fn(model, target=target if labels is None else labels[:0], output=output, method=method)
+    fn = jacobian_fn(model, target=target if labels is None else labels[:0], output=output, method=method, precision=precision)
     n = x.shape[0]
     size = min(batch_size, max(n, 1))
     chunks = []

@@ -1,0 +1,103 @@
+"""`jaxjac.convert`: eval semantics, errors that explain, and a check that catches wrong lowerings."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import jaxjac
+from jaxjac import converters
+from jaxjac.converters import registry
+
+
+class Bessel(nn.Module):
+    def forward(self, x):
+        return torch.special.bessel_j0(x)
+
+
+class WithUnsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+        self.odd = Bessel()
+
+    def forward(self, x):
+        return self.odd(self.conv(x)).flatten(1)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return y, y.relu()
+
+
+def small_net():
+    net = nn.Sequential(nn.Conv1d(1, 3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5), nn.ReLU(), nn.Flatten(), nn.Linear(18, 2))
+    return net.eval()
+
+
+def test_unsupported_op_names_op_module_and_where_to_report():
+    with pytest.raises(jaxjac.UnsupportedOpError, match=r"aten\.special_bessel_j0\.default.*module `odd`.*report"):
+        jaxjac.convert(WithUnsupported().eval(), torch.randn(2, 1, 8))
+
+
+def test_train_mode_is_converted_as_eval_with_a_warning():
+    net = small_net().train()
+    x = torch.randn(4, 1, 8)
+    with pytest.warns(UserWarning, match="train mode.*eval mode"):
+        model = jaxjac.convert(net, x)
+    assert net.training, "convert must restore the caller's train mode"
+    net.eval()
+    np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert model.metadata["check"]["passed"]
+
+
+def test_output_index_chooses_among_several_outputs():
+    net, x = TwoOutputs().eval(), torch.randn(3, 1, 8)
+    with pytest.raises(jaxjac.JaxjacError, match="returns 2 values; pass output_index"):
+        jaxjac.convert(net, x)
+    model = jaxjac.convert(net, x, output_index=1)
+    np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x)[1].detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_float64_needs_x64():
+    if jax.config.jax_enable_x64:
+        pytest.fail("tests expect x64 off by default")
+    with pytest.raises(jaxjac.JaxjacError, match="float64.*jax_enable_x64"):
+        jaxjac.convert(small_net(), torch.randn(2, 1, 8), dtype="float64")
+
+
+def test_check_catches_a_wrong_lowering(monkeypatch):
+    # Swap ReLU's lowering for the identity: a bug that shows in nearly every row.
+    monkeypatch.setitem(registry._LOWERINGS, "aten.relu.default", lambda x: x)
+    with pytest.raises(jaxjac.ConversionCheckError, match=r"outputs: max relative error .*jacobians") as info:
+        jaxjac.convert(small_net(), torch.randn(2, 1, 8))
+    assert info.value.report["passed"] is False
+    assert info.value.report["outputs_max_rel_error"] > 1e-3
+
+
+def test_check_report_is_kept_in_metadata():
+    model = jaxjac.convert(small_net(), torch.randn(2, 1, 8), check_data=np.random.randn(5, 1, 8))
+    report = model.metadata["check"]
+    assert report["n_probes"] == 5 and report["passed"]
+    assert report["jacobians_max_rel_error"] < 1e-4
+    assert model.metadata["versions"]["torch"] == torch.__version__
+
+
+def test_check_data_of_the_wrong_shape_is_refused():
+    with pytest.raises(jaxjac.JaxjacError, match=r"check data holds samples of shape \(2, 8\); the model expects \(1, 8\)"):
+        jaxjac.convert(small_net(), torch.randn(2, 1, 8), check_data=np.zeros((3, 2, 8)))
+
+
+def test_registry_lists_what_it_lowers():
+    ops = converters.supported_ops()
+    assert "aten.convolution.default" in ops and ops == sorted(ops)
+    with pytest.raises(ValueError, match="already lowered"):
+        converters.register("aten.relu.default")(lambda x: x)
