@@ -1,64 +1,150 @@
 """Tensors made from nothing or from another's shape, and dtype casts.
 
 Every `dtype` reaching these functions is already a JAX dtype: the lowering
-fills a missing dtype from torch's traced result, and the interpreter maps
-float32/float64 to the model's float dtype.
+fills a `dtype=None` from torch's traced result, and the interpreter maps
+float32/float64 to the model's float dtype. Where an op carries no dtype at
+all, the dtype follows torch's inference from the Python fill values.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .registry import register
 
+Scalar = bool | int | float
+
+
+def _canonical(dtype: jnp.dtype | None, default: jnp.dtype | type) -> jnp.dtype:
+    # int64/float64 name JAX's default width: asking JAX for int64 with x64
+    # off would warn and truncate anyway.
+    return jax.dtypes.canonicalize_dtype(default if dtype is None else dtype)
+
+
+def _as_default_float(value: Scalar) -> Scalar:
+    # With no dtype, torch makes a float tensor in its default dtype,
+    # float32; the model computes in its own float dtype, but the values are
+    # the float32-rounded ones torch holds (0.1 -> 0.100000001490116).
+    return float(np.float32(value)) if isinstance(value, float) else value
+
+
+def _infer_dtype(*values: Scalar) -> jnp.dtype:
+    # torch: any float gives the default float dtype, else any int gives
+    # int64 (JAX's default int), else bool.
+    if any(isinstance(v, float) for v in values):
+        return _canonical(None, jnp.float64)
+    if all(isinstance(v, bool) for v in values):
+        return jnp.dtype(bool)
+    return _canonical(None, jnp.int64)
+
 
 @register("aten.arange.start_step", "aten.arange.start")
-def arange_start(start, end, step=1, dtype=None):
-    return jnp.arange(start, end, step, dtype=dtype)
+def arange_start(start: Scalar, end: Scalar, step: Scalar = 1, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(ceil((end - start) / step),)`: `start + i * step`, computed in float64 like torch's CPU kernel."""
+    inferred = dtype is None
+    dtype = _canonical(dtype, _infer_dtype(start, end, step))
+    count = max(math.ceil((end - start) / step), 0)
+    if jnp.issubdtype(dtype, jnp.integer) and all(isinstance(v, int) for v in (start, end, step)):
+        values = start + step * np.arange(count, dtype=np.int64)
+    else:
+        values = start + step * np.arange(count, dtype=np.float64)
+        if inferred:
+            values = values.astype(np.float32)
+    return jnp.asarray(values.astype(dtype))
 
 
 @register("aten.arange.default")
-def arange(end, dtype=None):
-    return jnp.arange(end, dtype=dtype)
+def arange(end: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(ceil(end),)`: `0, 1, ..., ceil(end) - 1`."""
+    return arange_start(0, end, 1, dtype=_canonical(dtype, _infer_dtype(end)))
+
+
+@register("aten.linspace.default")
+def linspace(start: float, end: float, steps: int, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(steps,)` evenly spaced values from `start` to `end` inclusive."""
+    return jnp.asarray(np.linspace(start, end, steps), _canonical(dtype, jnp.float64))
 
 
 @register("aten.full.default")
-def full(size, fill_value, dtype=None):
-    return jnp.full(tuple(size), fill_value, dtype=dtype)
+def full(size: Sequence[int], fill_value: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`size` filled with `fill_value`."""
+    if dtype is None:
+        fill_value = _as_default_float(fill_value)
+    return jnp.full(tuple(size), fill_value, dtype=_canonical(dtype, _infer_dtype(fill_value)))
+
+
+@register("aten.new_full.default")
+def new_full(x: jax.Array, size: Sequence[int], fill_value: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`size` filled with `fill_value`, in `x`'s dtype unless `dtype` is given."""
+    return jnp.full(tuple(size), fill_value, dtype=_canonical(dtype, x.dtype))
 
 
 @register("aten.full_like.default")
-def full_like(x, fill_value, dtype=None):
-    return jnp.full(x.shape, fill_value, dtype=dtype or x.dtype)
+def full_like(x: jax.Array, fill_value: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`x.shape` filled with `fill_value`, in `x`'s dtype unless `dtype` is given."""
+    return jnp.full(x.shape, fill_value, dtype=_canonical(dtype, x.dtype))
 
 
-@register("aten.zeros.default", "aten.empty.memory_format", "aten.new_zeros.default", "aten.new_empty.default")
-def zeros(*args, dtype=None):
-    size = args[-1]
-    return jnp.zeros(tuple(size), dtype=dtype or (args[0].dtype if len(args) == 2 else None))
+@register("aten.zeros.default", "aten.empty.memory_format")
+def zeros(size: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
+    """Zeros of `size` (also for `empty`, whose contents torch leaves undefined)."""
+    return jnp.zeros(tuple(size), dtype=_canonical(dtype, jnp.float64))
 
 
-@register("aten.ones.default", "aten.new_ones.default")
-def ones(*args, dtype=None):
-    size = args[-1]
-    return jnp.ones(tuple(size), dtype=dtype or (args[0].dtype if len(args) == 2 else None))
+@register("aten.empty_strided.default")
+def empty_strided(size: Sequence[int], stride: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
+    """Zeros of `size`; strides mean nothing for JAX arrays."""
+    return zeros(size, dtype)
+
+
+@register("aten.new_zeros.default", "aten.new_empty.default")
+def new_zeros(x: jax.Array, size: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
+    """Zeros of `size` in `x`'s dtype unless `dtype` is given."""
+    return jnp.zeros(tuple(size), dtype=_canonical(dtype, x.dtype))
+
+
+@register("aten.ones.default")
+def ones(size: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
+    """Ones of `size`."""
+    return jnp.ones(tuple(size), dtype=_canonical(dtype, jnp.float64))
+
+
+@register("aten.new_ones.default")
+def new_ones(x: jax.Array, size: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
+    """Ones of `size` in `x`'s dtype unless `dtype` is given."""
+    return jnp.ones(tuple(size), dtype=_canonical(dtype, x.dtype))
 
 
 @register("aten.zeros_like.default", "aten.empty_like.default")
-def zeros_like(x, dtype=None):
-    return jnp.zeros(x.shape, dtype=dtype or x.dtype)
+def zeros_like(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
+    """Zeros shaped like `x`."""
+    return jnp.zeros(x.shape, dtype=_canonical(dtype, x.dtype))
 
 
 @register("aten.ones_like.default")
-def ones_like(x, dtype=None):
-    return jnp.ones(x.shape, dtype=dtype or x.dtype)
+def ones_like(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
+    """Ones shaped like `x`."""
+    return jnp.ones(x.shape, dtype=_canonical(dtype, x.dtype))
 
 
 @register("aten.scalar_tensor.default")
-def scalar_tensor(s, dtype=None):
-    return jnp.asarray(s, dtype=dtype)
+def scalar_tensor(s: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
+    """A 0-D array holding `s` (torch's default dtype here is float)."""
+    return jnp.asarray(_as_default_float(s) if dtype is None else s, dtype=_canonical(dtype, jnp.float64))
 
 
 @register("aten._to_copy.default")
-def to_copy(x, dtype=None):
-    return x if dtype is None else x.astype(dtype)
+def to_copy(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`x` cast to `dtype` (float to int truncates toward zero, as in torch)."""
+    return x if dtype is None else x.astype(_canonical(dtype, x.dtype))
+
+
+@register("aten._assert_tensor_metadata.default")
+def assert_tensor_metadata(x: jax.Array, *args, **kwargs) -> None:
+    """Nothing: torch.export's check that a cast input has the traced dtype, which holds by construction."""
+    return None

@@ -1,186 +1,338 @@
-"""Pointwise arithmetic, comparisons and logic on tensors and scalars."""
+"""Pointwise arithmetic, math functions, comparisons and logic on tensors and scalars.
+
+Every function here broadcasts like torch and takes JAX arrays or Python
+scalars. Two torch rules need care in JAX:
+
+- *Integer to float.* torch's float-valued ops (true division, `sqrt`, `exp`,
+  ...) turn integer and bool tensors into the default float dtype. Here they
+  become a *weakly typed* float (`x * 1.0`), which then takes the dtype of the
+  model's float tensors it meets, so a float32 model stays float32 even when
+  64-bit JAX is on.
+- *Gradients at kinks.* `clamp` passes the gradient through at its bounds
+  (torch's `self >= min & self <= max`), where `jnp.clip` would halve it.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+from jax import Array, lax
 
 from .registry import register
 
+# A tensor operand or a Python scalar, as ATen passes them.
+Operand = Any
+
+
+def _is_exact(x: Operand) -> bool:
+    """True for integer and bool arrays and Python ints/bools."""
+    if isinstance(x, bool | int):
+        return True
+    if isinstance(x, float):
+        return False
+    return jnp.issubdtype(jnp.result_type(x), jnp.integer) or jnp.result_type(x) == jnp.bool_
+
+
+def _as_float(x: Operand) -> Operand:
+    """`x` unchanged if it is floating, else a weakly typed float copy (torch's int -> float promotion)."""
+    if isinstance(x, float):
+        return x
+    if _is_exact(x):
+        return jnp.asarray(x) * 1.0
+    return x
+
+
+def _unary_float(fn):
+    """Wrap a float-only `jnp` function so that it promotes integer inputs first."""
+
+    def lowering(x):
+        return fn(_as_float(x))
+
+    lowering.__name__ = lowering.__qualname__ = getattr(fn, "__name__", "unary")
+    lowering.__doc__ = f"torch's `{lowering.__name__}`, elementwise; integer inputs become float."
+    return lowering
+
+
+# --- arithmetic --------------------------------------------------------------
 
 
 @register("aten.add.Tensor", "aten.add.Scalar")
-def add(a, b, alpha=1):
+def add(a: Operand, b: Operand, alpha: float = 1) -> Operand:
+    """`a + alpha * b`, broadcast."""
     return a + (b * alpha if alpha != 1 else b)
 
 
 @register("aten.sub.Tensor", "aten.sub.Scalar")
-def sub(a, b, alpha=1):
+def sub(a: Operand, b: Operand, alpha: float = 1) -> Operand:
+    """`a - alpha * b`, broadcast."""
     return a - (b * alpha if alpha != 1 else b)
 
 
 @register("aten.rsub.Scalar", "aten.rsub.Tensor")
-def rsub(a, b, alpha=1):
+def rsub(a: Operand, b: Operand, alpha: float = 1) -> Operand:
+    """`b - alpha * a`, broadcast (ATen's reversed subtraction)."""
     return b - (a * alpha if alpha != 1 else a)
 
 
 @register("aten.mul.Tensor", "aten.mul.Scalar")
-def mul(a, b):
+def mul(a: Operand, b: Operand) -> Operand:
+    """`a * b`, broadcast."""
     return a * b
 
 
-@register("aten.div.Tensor", "aten.div.Scalar")
-def div(a, b):
-    return _true_divide(a, b)
-
-
-def _true_divide(a, b):
-    # torch's true division promotes integers to the default float dtype.
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    if jnp.issubdtype(a.dtype, jnp.integer) and jnp.issubdtype(b.dtype, jnp.integer):
-        return a.astype(jnp.result_type(float)) / b.astype(jnp.result_type(float))
+def _true_divide(a: Operand, b: Operand) -> Operand:
+    # torch's true division of two integer operands gives a float.
+    if _is_exact(a) and _is_exact(b):
+        a = _as_float(a)
     return a / b
 
 
+@register("aten.div.Tensor", "aten.div.Scalar")
+def div(a: Operand, b: Operand) -> Operand:
+    """True division `a / b`; integers divide as floats."""
+    return _true_divide(a, b)
+
+
 @register("aten.div.Tensor_mode", "aten.div.Scalar_mode")
-def div_mode(a, b, rounding_mode=None):
+def div_mode(a: Operand, b: Operand, rounding_mode: str | None = None) -> Operand:
+    """Division with `rounding_mode` None (true), ``"floor"`` or ``"trunc"``.
+
+    Integer operands keep an integer result for floor and trunc, as in torch.
+    """
     if rounding_mode is None:
         return _true_divide(a, b)
     if rounding_mode == "floor":
         return jnp.floor_divide(a, b)
-    quotient = _true_divide(a, b)
-    truncated = jnp.trunc(quotient)
-    return truncated.astype(jnp.result_type(a, b)) if not jnp.issubdtype(jnp.result_type(a, b), jnp.floating) else truncated
+    if rounding_mode != "trunc":
+        raise ValueError(f"rounding_mode must be None, 'floor' or 'trunc'; got {rounding_mode!r}")
+    if _is_exact(a) and _is_exact(b):
+        # C-style integer division rounds towards zero, exactly; going through
+        # floats would lose precision for large int64 values.
+        dtype = jnp.result_type(a, b)
+        a, b = jnp.broadcast_arrays(jnp.asarray(a, dtype), jnp.asarray(b, dtype))
+        return lax.div(a, b)
+    return jnp.trunc(a / b)
+
+
+@register("aten.remainder.Tensor", "aten.remainder.Scalar")
+def remainder(a: Operand, b: Operand) -> Operand:
+    """Python-style modulus: the result has the sign of `b`."""
+    return jnp.remainder(a, b)
+
+
+@register("aten.fmod.Tensor", "aten.fmod.Scalar")
+def fmod(a: Operand, b: Operand) -> Operand:
+    """C-style modulus: the result has the sign of `a`."""
+    return jnp.fmod(a, b)
 
 
 @register("aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor", "aten.pow.Scalar")
-def pow_(a, b):
+def pow_(a: Operand, b: Operand) -> Operand:
+    """`a ** b`; an integer tensor raised to a float becomes float, as in torch."""
+    if isinstance(b, float) and _is_exact(a):
+        a = _as_float(a)
+    if isinstance(b, float) and b.is_integer() and not isinstance(a, float):
+        # x ** 2.0 from a decomposition: integer_pow is exact and its gradient
+        # at x = 0 is finite, like torch's.
+        return lax.integer_pow(a, int(b))
     return jnp.power(a, b)
 
 
 @register("aten.neg.default")
-def neg(x):
+def neg(x: Operand) -> Operand:
+    """`-x`."""
     return -x
 
 
 @register("aten.abs.default")
-def abs_(x):
+def abs_(x: Operand) -> Operand:
+    """`|x|`; the gradient at 0 is 0 (sign(0)), as in torch."""
     return jnp.abs(x)
 
 
-@register("aten.exp.default")
-def exp(x):
-    return jnp.exp(x)
-
-
-@register("aten.expm1.default")
-def expm1(x):
-    return jnp.expm1(x)
-
-
-@register("aten.log.default")
-def log(x):
-    return jnp.log(x)
-
-
-@register("aten.log1p.default")
-def log1p(x):
-    return jnp.log1p(x)
-
-
-@register("aten.log2.default")
-def log2(x):
-    return jnp.log2(x)
-
-
-@register("aten.sqrt.default")
-def sqrt(x):
-    return jnp.sqrt(x)
-
-
-@register("aten.rsqrt.default")
-def rsqrt(x):
-    return jax.lax.rsqrt(x)
-
-
-@register("aten.reciprocal.default")
-def reciprocal(x):
-    return 1 / x
-
-
-@register("aten.sin.default")
-def sin(x):
-    return jnp.sin(x)
-
-
-@register("aten.cos.default")
-def cos(x):
-    return jnp.cos(x)
-
-
-@register("aten.floor.default")
-def floor(x):
-    return jnp.floor(x)
-
-
-@register("aten.ceil.default")
-def ceil(x):
-    return jnp.ceil(x)
-
-
-@register("aten.round.default")
-def round_(x):
-    return jnp.round(x)
-
-
-@register("aten.trunc.default")
-def trunc(x):
-    return jnp.trunc(x)
-
-
 @register("aten.sign.default")
-def sign(x):
+def sign(x: Operand) -> Operand:
+    """-1, 0 or 1 in `x`'s dtype."""
     return jnp.sign(x)
 
 
-@register("aten.erf.default")
-def erf(x):
-    return jax.scipy.special.erf(x)
+@register("aten.reciprocal.default")
+def reciprocal(x: Operand) -> Operand:
+    """`1 / x`; integers become float."""
+    return 1.0 / _as_float(x)
+
+
+@register("aten.rsqrt.default")
+def rsqrt(x: Operand) -> Operand:
+    """`1 / sqrt(x)`; integers become float."""
+    return lax.rsqrt(_as_float(x))
+
+
+def _saturate(y: Array) -> Array:
+    """`y` with +inf replaced by the largest finite value of its dtype."""
+    return jnp.minimum(y, jnp.finfo(y.dtype).max)
+
+
+# exp and expm1 whose derivative saturates at the largest finite float instead
+# of reaching inf. Softplus, Mish and CELU export as
+# `where(x > threshold, x, log1p(exp(x)))`: for large x the unused branch
+# overflows, and its zero cotangent times exp's inf slope would make the
+# Jacobian NaN where torch's fused backward gives 1.
+@jax.custom_jvp
+def _saturating_exp(x: Array) -> Array:
+    return jnp.exp(x)
+
+
+@_saturating_exp.defjvp
+def _saturating_exp_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (t,) = primals, tangents
+    y = _saturating_exp(x)
+    return y, t * _saturate(y)
+
+
+@jax.custom_jvp
+def _saturating_expm1(x: Array) -> Array:
+    return jnp.expm1(x)
+
+
+@_saturating_expm1.defjvp
+def _saturating_expm1_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (t,) = primals, tangents
+    return _saturating_expm1(x), t * _saturate(_saturating_exp(x))
+
+
+# Float-valued unary math, promoted like torch.
+for _op, _fn in {
+    "exp": _saturating_exp,
+    "exp2": jnp.exp2,
+    "expm1": _saturating_expm1,
+    "log": jnp.log,
+    "log1p": jnp.log1p,
+    "log2": jnp.log2,
+    "log10": jnp.log10,
+    "sqrt": jnp.sqrt,
+    "sin": jnp.sin,
+    "cos": jnp.cos,
+    "tan": jnp.tan,
+    "asin": jnp.arcsin,
+    "acos": jnp.arccos,
+    "atan": jnp.arctan,
+    "sinh": jnp.sinh,
+    "cosh": jnp.cosh,
+    "asinh": jnp.arcsinh,
+    "acosh": jnp.arccosh,
+    "atanh": jnp.arctanh,
+    "erf": jax.scipy.special.erf,
+    "erfc": jax.scipy.special.erfc,
+    "erfinv": jax.scipy.special.erfinv,
+}.items():
+    register(f"aten.{_op}.default")(_unary_float(_fn))
+
+
+@register("aten.atan2.default")
+def atan2(a: Operand, b: Operand) -> Operand:
+    """The angle of `(b, a)`, elementwise."""
+    return jnp.arctan2(_as_float(a), _as_float(b))
+
+
+@register("aten.hypot.default")
+def hypot(a: Operand, b: Operand) -> Operand:
+    """`sqrt(a**2 + b**2)` without overflow."""
+    return jnp.hypot(a, b)
+
+
+# Rounding keeps integers as they are (torch returns them unchanged).
+@register("aten.floor.default")
+def floor(x: Operand) -> Operand:
+    """Round down; identity on integers."""
+    return x if _is_exact(x) else jnp.floor(x)
+
+
+@register("aten.ceil.default")
+def ceil(x: Operand) -> Operand:
+    """Round up; identity on integers."""
+    return x if _is_exact(x) else jnp.ceil(x)
+
+
+@register("aten.trunc.default")
+def trunc(x: Operand) -> Operand:
+    """Round towards zero; identity on integers."""
+    return x if _is_exact(x) else jnp.trunc(x)
+
+
+@register("aten.round.default")
+def round_(x: Operand) -> Operand:
+    """Round half to even, like torch; identity on integers."""
+    return x if _is_exact(x) else jnp.round(x)
+
+
+@register("aten.round.decimals")
+def round_decimals(x: Operand, decimals: int = 0) -> Operand:
+    """Round half to even at `decimals` decimal places."""
+    return jnp.round(x, decimals)
+
+
+# --- extrema and clamping ----------------------------------------------------
 
 
 @register("aten.maximum.default")
-def maximum(a, b):
+def maximum(a: Operand, b: Operand) -> Operand:
+    """Elementwise max; NaN propagates and ties split the gradient, both as in torch."""
     return jnp.maximum(a, b)
 
 
 @register("aten.minimum.default")
-def minimum(a, b):
+def minimum(a: Operand, b: Operand) -> Operand:
+    """Elementwise min; NaN propagates and ties split the gradient, both as in torch."""
     return jnp.minimum(a, b)
 
 
+def _lower_bound(x: Operand, low: Operand) -> Operand:
+    # torch's clamp gradient is 1 at the bound itself; jnp.maximum would give 1/2.
+    result = jnp.where(x < low, low, x)
+    return result.astype(jnp.result_type(x, low))
+
+
+def _upper_bound(x: Operand, high: Operand) -> Operand:
+    result = jnp.where(x > high, high, x)
+    return result.astype(jnp.result_type(x, high))
+
+
 @register("aten.clamp.default", "aten.clamp.Tensor")
-def clamp(x, min=None, max=None):  # noqa: A002  (ATen's argument names)
+def clamp(x: Operand, min: Operand = None, max: Operand = None) -> Operand:  # noqa: A002  (ATen's argument names)
+    """`min(max(x, min), max)`, with scalar or broadcast tensor bounds.
+
+    As in torch, `max` wins when `min > max`, NaN in `x` propagates, and the
+    gradient with respect to `x` is 1 wherever `min <= x <= max`.
+    """
     if min is not None:
-        x = jnp.maximum(x, min)
+        x = _lower_bound(x, min)
     if max is not None:
-        x = jnp.minimum(x, max)
+        x = _upper_bound(x, max)
     return x
 
 
-@register("aten.clamp_min.default")
-def clamp_min(x, min):  # noqa: A002
-    return jnp.maximum(x, min)
+@register("aten.clamp_min.default", "aten.clamp_min.Tensor")
+def clamp_min(x: Operand, min: Operand) -> Operand:  # noqa: A002
+    """`clamp(x, min=min)`."""
+    return _lower_bound(x, min)
 
 
-@register("aten.clamp_max.default")
-def clamp_max(x, max):  # noqa: A002
-    return jnp.minimum(x, max)
+@register("aten.clamp_max.default", "aten.clamp_max.Tensor")
+def clamp_max(x: Operand, max: Operand) -> Operand:  # noqa: A002
+    """`clamp(x, max=max)`."""
+    return _upper_bound(x, max)
 
 
 @register("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar")
-def where(condition, a, b):
+def where(condition: Operand, a: Operand, b: Operand) -> Operand:
+    """`a` where `condition`, else `b`, broadcast."""
     return jnp.where(condition, a, b)
 
+
+# --- comparisons and logic ---------------------------------------------------
 
 _COMPARISONS = {
     "eq": jnp.equal,
@@ -195,40 +347,60 @@ for _name, _fn in _COMPARISONS.items():
 
 
 @register("aten.logical_not.default")
-def logical_not(x):
+def logical_not(x: Operand) -> Operand:
+    """Elementwise NOT of `x != 0`, as bool."""
     return jnp.logical_not(x)
 
 
 @register("aten.logical_and.default")
-def logical_and(a, b):
+def logical_and(a: Operand, b: Operand) -> Operand:
+    """Elementwise AND of truth values, as bool."""
     return jnp.logical_and(a, b)
 
 
 @register("aten.logical_or.default")
-def logical_or(a, b):
+def logical_or(a: Operand, b: Operand) -> Operand:
+    """Elementwise OR of truth values, as bool."""
     return jnp.logical_or(a, b)
 
 
+@register("aten.logical_xor.default")
+def logical_xor(a: Operand, b: Operand) -> Operand:
+    """Elementwise XOR of truth values, as bool."""
+    return jnp.logical_xor(a, b)
+
+
 @register("aten.bitwise_not.default")
-def bitwise_not(x):
+def bitwise_not(x: Operand) -> Operand:
+    """Bitwise NOT; logical NOT on bool."""
     return jnp.logical_not(x) if x.dtype == jnp.bool_ else jnp.invert(x)
 
 
-@register("aten.bitwise_and.Tensor")
-def bitwise_and(a, b):
-    return a & b
+@register("aten.bitwise_and.Tensor", "aten.bitwise_and.Scalar")
+def bitwise_and(a: Operand, b: Operand) -> Operand:
+    """Bitwise AND of integers or bools."""
+    return jnp.bitwise_and(a, b)
 
 
-@register("aten.bitwise_or.Tensor")
-def bitwise_or(a, b):
-    return a | b
+@register("aten.bitwise_or.Tensor", "aten.bitwise_or.Scalar")
+def bitwise_or(a: Operand, b: Operand) -> Operand:
+    """Bitwise OR of integers or bools."""
+    return jnp.bitwise_or(a, b)
+
+
+@register("aten.bitwise_xor.Tensor", "aten.bitwise_xor.Scalar")
+def bitwise_xor(a: Operand, b: Operand) -> Operand:
+    """Bitwise XOR of integers or bools."""
+    return jnp.bitwise_xor(a, b)
 
 
 @register("aten.isnan.default")
-def isnan(x):
+def isnan(x: Operand) -> Operand:
+    """Elementwise NaN test, as bool."""
     return jnp.isnan(x)
 
 
 @register("aten.isinf.default")
-def isinf(x):
+def isinf(x: Operand) -> Operand:
+    """Elementwise infinity test, as bool."""
     return jnp.isinf(x)

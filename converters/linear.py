@@ -1,29 +1,59 @@
-"""Matrix products: `nn.Linear` (addmm), attention's batched products."""
+"""Matrix products: `nn.Linear` (addmm, mm), attention's and recurrences' batched products.
+
+Products and convolutions take their precision from JAX's
+`default_matmul_precision` setting rather than fixing it here, so that one
+option chooses it for the whole model: jaxjac's forward and Jacobian functions
+ask for true float32 by default (on GPUs JAX would otherwise use TF32, whose
+10-bit mantissa alone breaks agreement with torch at a relative 1e-4), and
+`precision="tf32"` or `"bfloat16"` trades accuracy for speed knowingly.
+"""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from .registry import register
 
 
-@register("aten.addmm.default")
-def addmm(bias, a, b, beta=1, alpha=1):
-    product = jnp.matmul(a, b)
-    return beta * bias + alpha * product if (alpha, beta) != (1, 1) else bias + product
-
-
-@register("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
-def mm(a, b):
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b)
 
 
+def _scaled_sum(bias: jax.Array, product: jax.Array, beta: float, alpha: float) -> jax.Array:
+    # torch ignores `bias` entirely when beta == 0, so NaN or inf there does not propagate.
+    if beta == 0:
+        return alpha * product if alpha != 1 else product
+    scaled_bias = bias if beta == 1 else beta * bias
+    return scaled_bias + (product if alpha == 1 else alpha * product)
+
+
+@register("aten.addmm.default")
+def addmm(bias: jax.Array, a: jax.Array, b: jax.Array, beta: float = 1, alpha: float = 1) -> jax.Array:
+    """`beta * bias + alpha * (a @ b)` for `a (n, k)`, `b (k, m)`, `bias` broadcast to `(n, m)`."""
+    return _scaled_sum(bias, _matmul(a, b), beta, alpha)
+
+
 @register("aten.baddbmm.default")
-def baddbmm(bias, a, b, beta=1, alpha=1):
-    return beta * bias + alpha * jnp.matmul(a, b)
+def baddbmm(bias: jax.Array, a: jax.Array, b: jax.Array, beta: float = 1, alpha: float = 1) -> jax.Array:
+    """`beta * bias + alpha * (a @ b)` for `a (B, n, k)`, `b (B, k, m)`."""
+    return _scaled_sum(bias, _matmul(a, b), beta, alpha)
+
+
+@register("aten.addmv.default")
+def addmv(bias: jax.Array, a: jax.Array, v: jax.Array, beta: float = 1, alpha: float = 1) -> jax.Array:
+    """`beta * bias + alpha * (a @ v)` for `a (n, k)`, `v (k,)`."""
+    return _scaled_sum(bias, _matmul(a, v), beta, alpha)
+
+
+@register("aten.mm.default", "aten.bmm.default", "aten.matmul.default", "aten.mv.default", "aten.dot.default")
+def mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`a @ b`: `(n, k) @ (k, m)`, `(B, n, k) @ (B, k, m)`, matrix-vector or vector-vector."""
+    return _matmul(a, b)
 
 
 @register("aten.linear.default")
-def linear(x, weight, bias=None):
-    y = jnp.matmul(x, weight.T)
+def linear(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """`x @ weight.T + bias` for `x (*, in)`, `weight (out, in)`: `(*, out)`."""
+    y = _matmul(x, weight.T)
     return y if bias is None else y + bias

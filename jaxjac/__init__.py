@@ -22,8 +22,6 @@ from ._versions import package_version as _package_version
 __version__ = _package_version("jaxjac") or "0+unknown"
 
 
-
-
 def __getattr__(name: str):
     # `convert` needs torch; import it only when asked, so that loading and
     # running a converted model works in an environment without torch.

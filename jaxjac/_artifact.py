@@ -1,17 +1,209 @@
-"""Save and load converted models as one safe file (owned by the artifact work; stub for now)."""
+"""Save and load converted models as one safe file: safetensors weights plus JSON metadata.
+
+The file is a plain safetensors file. Its tensors are the model's parameters
+and buffers by dotted torch name; its `__metadata__` holds, as JSON strings,
+the lowered graph, the model spec, which tensors are `nnx.Param`, and the
+conversion metadata. Nothing is pickled, and loading needs neither torch nor
+the model's Python code.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import struct
 from os import PathLike
+from pathlib import Path
+from typing import Any
 
-from ._model import ConvertedModel
+import jax
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from ._errors import JaxjacError
+from ._graph import Graph
+from ._model import ConvertedModel, ModelSpec
+
+FORMAT = "jaxjac"
+FORMAT_VERSION = 1
+# safetensors refuses headers above 100 MB; anything larger is not one of ours.
+_MAX_HEADER_BYTES = 100_000_000
 
 
 def save(model: ConvertedModel, path: str | PathLike, *, overwrite: bool = False) -> None:
-    """Write `model` to `path` atomically."""
-    raise NotImplementedError
+    """Write `model` to `path` as one safetensors file, atomically.
+
+    **Arguments:**
+
+    - `model`: a converted model; its current tensors are written, so a
+      fine-tuned model saves its new values.
+    - `path`: the file to write (conventionally `*.jaxjac`).
+    - `overwrite`: replace an existing file; by default an existing `path`
+      is refused and left untouched.
+
+    The bytes go to a temporary file in the same directory, are flushed and
+    fsynced, then renamed over `path`: a crash leaves either the old file or
+    the complete new one, never a half-written artifact.
+    """
+    path = Path(path)
+    if not isinstance(model, ConvertedModel):
+        raise JaxjacError(f"save() expects a jaxjac.ConvertedModel; got {type(model).__name__}")
+    if not overwrite and path.exists():
+        raise JaxjacError(f"{path} already exists; pass overwrite=True (`--force` on the command line) to replace it")
+    if not path.parent.is_dir():
+        raise JaxjacError(f"cannot write {path}: directory {path.parent} does not exist")
+    tensors = {name: np.asarray(value) for name, value in model.tensors().items()}
+    _write_atomically(path, _st_save(tensors, metadata=_header_metadata(model)), overwrite=overwrite)
+
+
+def _header_metadata(model: ConvertedModel) -> dict[str, str]:
+    parameters = [path_str for path_str in model.tensor_names if _is_param(model, path_str)]
+    spec = model.spec
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "graph": json.dumps(model.graph.to_json()),
+        "spec": json.dumps(
+            {"sample_shape": list(spec.sample_shape), "output_shape": list(spec.output_shape), "dtype": spec.dtype}
+        ),
+        # The order of tensor_names fixes the attribute order, hence the nnx state structure.
+        "tensor_names": json.dumps(list(model.tensor_names)),
+        "parameters": json.dumps(parameters),
+        "metadata": spec.metadata_json,
+    }
+
+
+def _is_param(model: ConvertedModel, name: str) -> bool:
+    node: Any = model
+    for part in name.split("."):
+        node = getattr(node, part)
+    return isinstance(node, nnx.Param)
+
+
+def _write_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 honours the umask, unlike tempfile's private 0o600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    # A hard link fails if `path` appeared since the check in save(): no race can clobber it.
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise JaxjacError(
+            f"{path} already exists; pass overwrite=True (`--force` on the command line) to replace it"
+        ) from None
+    except OSError:  # filesystems without hard links
+        if path.exists():
+            raise JaxjacError(f"{path} already exists; pass overwrite=True to replace it") from None
+        os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: str | PathLike) -> ConvertedModel:
-    """Rebuild a converted model from `path`, without torch."""
-    raise NotImplementedError
+    """Rebuild a converted model from a file written by `save`, without torch.
+
+    **Arguments:**
+
+    - `path`: a `.jaxjac` file.
+
+    **Returns:** a `ConvertedModel` equal to the saved one: the same graph,
+    tensors, `nnx.Param`/`Buffer` split and metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "no such file"
+        raise JaxjacError(f"{path}: expected a jaxjac artifact file; found {what}")
+    data = path.read_bytes()
+    meta = _read_metadata(path, data)
+    try:
+        graph = Graph.from_json(json.loads(meta["graph"]))
+        spec_json = json.loads(meta["spec"])
+        names = json.loads(meta["tensor_names"])
+        parameters = frozenset(json.loads(meta["parameters"]))
+        metadata_json = meta["metadata"]
+        json.loads(metadata_json)
+    except (KeyError, ValueError, TypeError) as error:
+        raise JaxjacError(f"{path}: the jaxjac metadata is damaged or incomplete ({error})") from error
+    if spec_json["dtype"] == "float64" and not jax.config.jax_enable_x64:
+        raise JaxjacError(
+            f"{path} holds a float64 model; enable 64-bit JAX before loading it: "
+            "jax.config.update('jax_enable_x64', True), or load inside `with jax.enable_x64(True):`"
+        )
+    stored = _st_load(data)
+    missing = [name for name in names if name not in stored]
+    if missing:
+        raise JaxjacError(f"{path}: the artifact lists tensor `{missing[0]}` but holds no such tensor")
+    spec = ModelSpec(
+        sample_shape=tuple(spec_json["sample_shape"]),
+        output_shape=tuple(spec_json["output_shape"]),
+        dtype=spec_json["dtype"],
+        metadata_json=metadata_json,
+    )
+    return ConvertedModel(graph, {name: stored[name] for name in names}, parameters, spec)
+
+
+def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
+    """Validate the safetensors framing and the jaxjac marker; return `__metadata__`."""
+    not_safetensors = f"{path} is not a jaxjac artifact: expected a safetensors file"
+    if len(data) < 8:
+        raise JaxjacError(f"{not_safetensors}; found {len(data)} bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > _MAX_HEADER_BYTES:
+        raise JaxjacError(f"{not_safetensors}; found no safetensors header")
+    if 8 + header_len > len(data):
+        raise JaxjacError(f"{path} is truncated: its header needs {8 + header_len} bytes, the file holds {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError):
+        raise JaxjacError(f"{not_safetensors}; found no safetensors header") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise JaxjacError(
+            f"{path} is a safetensors file but not a jaxjac artifact: expected metadata format 'jaxjac', "
+            f"found {meta.get('format')!r}"
+        )
+    version = meta.get("format_version", "")
+    if not version.isdigit():
+        raise JaxjacError(f"{path}: expected an integer artifact format version, found {version!r}")
+    if int(version) > FORMAT_VERSION:
+        raise JaxjacError(
+            f"{path} was written by a newer jaxjac (artifact format version {version}); this jaxjac "
+            f"reads version {FORMAT_VERSION}: upgrade jaxjac (pip install -U jaxjac)"
+        )
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    needed = 8 + header_len + max(ends, default=0)
+    if needed > len(data):
+        raise JaxjacError(f"{path} is truncated: its header needs {needed} bytes, the file holds {len(data)}")
+    return meta

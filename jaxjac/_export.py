@@ -28,7 +28,14 @@ def eval_mode(net: torch.nn.Module) -> Iterator[None]:
             "jaxjac converts it in eval mode: BatchNorm uses running statistics and Dropout is the identity",
             stacklevel=3,
         )
-    net.eval()
+    try:
+        net.eval()
+    except NotImplementedError:
+        # Modules unlifted from an ExportedProgram (`program.module()`) refuse
+        # eval(); their graph fixed train/eval semantics at export time, so
+        # the flags only need to read "eval" for the checks above.
+        for m in net.modules():
+            m.training = False
     try:
         yield
     finally:
@@ -58,13 +65,38 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     if not isinstance(net, torch.nn.Module):
         raise JaxjacError(f"expected a torch.nn.Module to convert, got {type(net).__name__}")
     _warn_batch_statistics(net)
-    with eval_mode(net), torch.no_grad():
+    with eval_mode(net), torch.no_grad(), _quiet_export():
         try:
             program = torch.export.export(net, (sample,))
         except Exception as error:  # torch raises many types here; keep its first line
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise JaxjacError(
-                f"torch.export could not trace the model's forward on an input of shape "
-                f"{tuple(sample.shape)}: {first}"
+                f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: {first}"
             ) from error
-        return program.run_decompositions()
+        return program.run_decompositions(_decomposition_table())
+
+
+# Ops whose own backward torch defines at the kinks (hardswish'(-3) = 0):
+# decomposing them into clamp/mul/div would change the Jacobian there.
+_KEEP_WHOLE = ("hardswish", "hardsigmoid")
+
+
+def _decomposition_table() -> dict:
+    table = torch.export.default_decompositions()
+    for name in _KEEP_WHOLE:
+        table.pop(getattr(torch.ops.aten, name).default, None)
+    return table
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence torch.export's internal notices that say nothing about the user's model."""
+    with warnings.catch_warnings():
+        # nn.LSTM/GRU reassign their flattened weight lists, and the old
+        # weight_norm hook its weight, while being traced; harmless.
+        warnings.filterwarnings(
+            "ignore", message=r".*tensor attributes? .* (was|were) assigned during export.*", category=UserWarning
+        )
+        # torch's own pytree internals use an API it has deprecated.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+        yield

@@ -37,7 +37,7 @@ def resolve_dtype(name: str, float_dtype: jnp.dtype) -> jnp.dtype:
     if name in ("float16", "bfloat16", "bool", "complex64"):
         return jnp.dtype(name)
     if name in _INTEGER_DTYPES:
-        return jnp.dtype(name) if name in ("int8", "int16", "uint8") else jnp.dtype(jnp.int_)
+        return jnp.dtype(name) if name in ("int8", "int16", "uint8") else jax.dtypes.canonicalize_dtype(jnp.int64)
     raise ValueError(f"torch dtype {name!r} is not supported by jaxjac")
 
 

@@ -61,7 +61,9 @@ def _target_kind(target: Any) -> str:
         return "index"
     if isinstance(target, np.ndarray | jax.Array):
         return "labels"
-    raise JaxjacError(f"target must be 'all', 'predicted', a class index or an array of labels; got {type(target).__name__}")
+    raise JaxjacError(
+        f"target must be 'all', 'predicted', a class index or an array of labels; got {type(target).__name__}"
+    )
 
 
 def jacobian_fn(
@@ -132,7 +134,9 @@ def jacobian_fn(
 
     def jacobian_of_batch(x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
         if tuple(x.shape[1:]) != sample_shape:
-            raise JaxjacError(f"input batch has samples of shape {tuple(x.shape[1:])}; the model expects {sample_shape}")
+            raise JaxjacError(
+                f"input batch has samples of shape {tuple(x.shape[1:])}; the model expects {sample_shape}"
+            )
         if kind == "labels":
             labels = target if labels is None else labels
             if labels.shape != (x.shape[0],):
@@ -224,7 +228,9 @@ def jacobian(
         labels = np.asarray(target)
         if labels.shape != (x.shape[0],):
             raise JaxjacError(f"labels have shape {labels.shape}; expected ({x.shape[0]},), one per sample")
-    fn = jacobian_fn(model, target=target if labels is None else labels[:0], output=output, method=method, precision=precision)
+    fn = jacobian_fn(
+        model, target=target if labels is None else labels[:0], output=output, method=method, precision=precision
+    )
     n = x.shape[0]
     size = min(batch_size, max(n, 1))
     chunks = []

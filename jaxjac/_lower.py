@@ -141,7 +141,9 @@ def _pick_output(outputs: tuple[Any, ...], output_index: int | None) -> tuple[Re
             )
         output_index = 0
     if not -len(outputs) <= output_index < len(outputs):
-        raise JaxjacError(f"output_index={output_index} is out of range for a forward that returns {len(outputs)} values")
+        raise JaxjacError(
+            f"output_index={output_index} is out of range for a forward that returns {len(outputs)} values"
+        )
     chosen = outputs[output_index]
     if not isinstance(chosen, Ref):
         raise JaxjacError(f"output {output_index} of the model's forward is {chosen!r}, not a tensor")

@@ -7,6 +7,7 @@ The forward pass interprets the lowered `Graph` with the registry.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -131,28 +132,45 @@ class ConvertedModel(TorchTree):
         `x` of shape `sample_shape` to its output of shape `output_shape`.
         `fn` is pure and can be jitted, vmapped and differentiated.
         """
-        graph, spec = self.graph, self.spec
-        float_dtype = jnp.dtype(spec.dtype)
-
-        def fn(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-            x = jnp.asarray(x, float_dtype).reshape((1, *spec.sample_shape))
-            (y,) = run_graph(graph, tensors, x, float_dtype)
-            return y.reshape(spec.output_shape)
-
-        return fn, self.tensors()
+        return _sample_fn(self.graph, self.spec), self.tensors()
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map a batch `(N, *sample_shape)` to outputs `(N, *output_shape)`."""
         x = jnp.asarray(x)
         if x.shape[1:] != self.sample_shape:
-            raise JaxjacError(
-                f"input batch has samples of shape {x.shape[1:]}; the model expects {self.sample_shape}"
-            )
-        fn, tensors = self.sample_fn()
-        return jax.vmap(fn, in_axes=(None, 0))(tensors, x)
+            raise JaxjacError(f"input batch has samples of shape {x.shape[1:]}; the model expects {self.sample_shape}")
+        return _batched_forward(self.graph, self.spec)(self.tensors(), x)
 
 
-def output_shape_of(graph: Graph, tensors: Mapping[str, np.ndarray], sample_shape: tuple[int, ...], dtype: str) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=64)
+def _sample_fn(graph: Graph, spec: ModelSpec) -> SampleFn:
+    float_dtype = jnp.dtype(spec.dtype)
+
+    def fn(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x, float_dtype).reshape((1, *spec.sample_shape))
+        (y,) = run_graph(graph, tensors, x, float_dtype)
+        return y.reshape(spec.output_shape)
+
+    return fn
+
+
+@functools.lru_cache(maxsize=64)
+def _batched_forward(graph: Graph, spec: ModelSpec) -> Callable[[dict[str, jax.Array], jax.Array], jax.Array]:
+    # One jitted function per model structure, shared by every instance with
+    # that structure: eager op-by-op interpretation would be slow.
+    batched = jax.vmap(_sample_fn(graph, spec), in_axes=(None, 0))
+
+    def forward(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        # True float32 products, as torch computes them (JAX's GPU default is TF32).
+        with jax.default_matmul_precision("highest"):
+            return batched(tensors, x)
+
+    return jax.jit(forward)
+
+
+def output_shape_of(
+    graph: Graph, tensors: Mapping[str, np.ndarray], sample_shape: tuple[int, ...], dtype: str
+) -> tuple[int, ...]:
     """The per-sample output shape of `graph`, found by abstract evaluation."""
     float_dtype = jnp.dtype(dtype)
     abstract = {

@@ -1,4 +1,88 @@
-"""The jaxjac command line."""
+"""The jaxjac command line: a root parser that only registers subcommands.
 
-def main(argv=None):
-    raise SystemExit("not yet")
+Each subcommand lives in its own module `jaxjac/cli/<name>.py` exposing
+`register(subparsers)` (add its parser) and `run(args) -> int`. Errors a
+user can fix (`JaxjacError`, and `OSError` on their files) print one line
+`jaxjac: error: ...` and exit 2 (1 when a conversion check fails); `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from .._errors import ConversionCheckError, JaxjacError
+from ._common import print_error
+
+# Subcommand modules, in the order `jaxjac --help` lists them. A name whose
+# module is not written yet is skipped, so that the CLI works while the
+# subcommands land one at a time.
+SUBCOMMANDS = ("convert", "demo")
+
+
+def _subcommand_modules() -> dict[str, ModuleType]:
+    modules = {}
+    for name in SUBCOMMANDS:
+        qualified = f"{__name__}.{name}"
+        try:
+            modules[name] = importlib.import_module(qualified)
+        except ModuleNotFoundError as error:
+            if error.name != qualified:  # a real missing dependency inside the module: surface it
+                raise
+    return modules
+
+
+def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    """The root parser: global flags and one subparser per subcommand module."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="jaxjac",
+        description="Per-sample input Jacobians of PyTorch 1D CNNs, computed in JAX.",
+        epilog="Run `jaxjac COMMAND --help` for the options and examples of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxjac {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in modules.values():
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the jaxjac command line; returns the process exit code."""
+    modules = _subcommand_modules()
+    args = build_parser(modules).parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except ConversionCheckError as error:
+        if debug:
+            raise
+        from .._check import format_report  # only reached when torch ran the check
+
+        print(format_report(error.report))
+        print_error(str(error))
+        return 1
+    except JaxjacError as error:
+        if debug:
+            raise
+        print_error(str(error))
+        return 2
+    except OSError as error:
+        if debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print_error(f"{where}{error.strerror or error}")
+        return 2
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

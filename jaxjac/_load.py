@@ -1,0 +1,396 @@
+"""Reads a torch checkpoint of any common kind into a module `convert` can trace.
+
+Formats are told apart by content, never by file extension:
+
+- a TorchScript archive (`torch.jit.save`): a zip with `code/` entries;
+- an ExportedProgram (`torch.export.save`, `.pt2`): a zip with
+  `models/model.json` or `archive_format`;
+- a state_dict (`torch.save(net.state_dict())`), possibly nested in a
+  training checkpoint: needs the architecture (`arch="package.module:Class"`);
+- a pickled module (`torch.save(net)`): refused unless `allow_pickle=True`,
+  because unpickling runs arbitrary code.
+
+Everything but an allowed pickle is read with `weights_only=True`. torch is
+imported inside the functions, so `import jaxjac` never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._errors import JaxjacError
+
+if TYPE_CHECKING:
+    import torch
+
+# Keys under which training scripts commonly nest the weights.
+_NESTING_KEYS = ("state_dict", "model_state_dict", "model")
+_ARCH_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_PICKLE_HINT = (
+    "unpickling it executes arbitrary code from the file. Load it only if you trust its source, with "
+    "allow_pickle=True (`--allow-pickle` on the command line), or save a state_dict and pass --arch instead"
+)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read into a torch module.
+
+    `net` is in eval mode. `sample_shape` is the shape of one input sample
+    when the file records it (ExportedPrograms do), else `None`. `notes` are
+    one-line remarks for the user (unwrapped nesting, stripped prefixes).
+    """
+
+    net: torch.nn.Module
+    format: str
+    sample_shape: tuple[int, ...] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    sample_shape: tuple[int, ...] | None = None,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    allow_pickle: bool = False,
+) -> Checkpoint:
+    """Read `path` into a torch module, whatever kind of checkpoint it is.
+
+    **Arguments:**
+
+    - `path`: the checkpoint file.
+    - `sample_shape`: the shape of one input sample `(channels, length)`;
+      TorchScript needs it to convert, an ExportedProgram records its own.
+    - `arch`: ``"package.module:Class"`` (or a factory function) building the
+      architecture a state_dict belongs to; imported with the current
+      directory on `sys.path`, as `python -m` would.
+    - `arch_kwargs`: keyword arguments for `arch`.
+    - `allow_pickle`: allow a fully pickled module, which runs code from the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "no such file"
+        raise JaxjacError(f"{path}: expected a torch checkpoint file; found {what}")
+    kind = detect_format(path)
+    notes: list[str] = []
+    if arch is not None and kind in ("torchscript", "exported-program"):
+        notes.append(f"ignoring --arch {arch}: {path.name} is {_DESCRIPTIONS[kind]}, which holds its own architecture")
+    with _quiet_torch():
+        if kind == "torchscript":
+            checkpoint = _load_torchscript(path, sample_shape)
+        elif kind == "exported-program":
+            checkpoint = _load_exported_program(path, sample_shape)
+        else:
+            checkpoint = _load_pickle_based(path, arch, arch_kwargs, allow_pickle)
+    checkpoint.notes[:0] = notes
+    for m in checkpoint.net.modules():
+        # Set the flags directly: unlifted ExportedProgram modules refuse .eval().
+        m.training = False
+    return checkpoint
+
+
+_DESCRIPTIONS = {
+    "torchscript": "a TorchScript archive",
+    "exported-program": "an ExportedProgram (torch.export.save)",
+    "torch-pickle": "a torch.save file",
+}
+
+
+def detect_format(path: Path) -> str:
+    """``"torchscript"``, ``"exported-program"`` or ``"torch-pickle"``, from the file's content."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            raise JaxjacError(f"{path}: expected a torch checkpoint; found a damaged zip archive") from None
+        # torch.save and torch.jit.save put everything under one top-level folder.
+        inner = {name.split("/", 1)[1] for name in names if "/" in name}
+        if "models/model.json" in inner or "archive_format" in inner:
+            return "exported-program"
+        if any(name.startswith("code/") for name in inner):
+            return "torchscript"
+        if "data.pkl" in inner:
+            return "torch-pickle"
+        raise JaxjacError(
+            f"{path}: expected a torch checkpoint; found a zip archive with no data.pkl, code/ or models/ entries"
+        )
+    if head[:1] == b"\x80":  # a pickle protocol opcode: the legacy torch.save format
+        return "torch-pickle"
+    if len(head) == 8 and _looks_like_safetensors(path):
+        raise JaxjacError(f"{path}: expected a torch checkpoint; found a safetensors file (already converted?)")
+    raise JaxjacError(
+        f"{path}: expected a torch checkpoint (torch.save, torch.jit.save or torch.export.save); "
+        f"found a file starting with {head[:8]!r}"
+    )
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return n < 100_000_000 and f.read(1) == b"{"
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence torch.export's internal logging and warnings that say nothing to a jaxjac user."""
+    logger = logging.getLogger("torch._export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*num_batches_tracked.*")
+            # Reading a TorchScript file is the point here: moving the user off it.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _load_torchscript(path: Path, sample_shape: tuple[int, ...] | None) -> Checkpoint:
+    import torch
+    from torch._export.converter import TS2EPConverter
+
+    if sample_shape is None:
+        raise JaxjacError(
+            f"{path} is a TorchScript archive, which does not record its input shape; "
+            "pass the shape of one sample, e.g. --input-shape 1,224"
+        )
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as error:
+        raise JaxjacError(
+            f"{path}: torch.jit.load could not read the TorchScript archive: {_first_line(error)}"
+        ) from error
+    scripted.eval()
+    sample = torch.zeros((1, *sample_shape))
+    try:
+        module = TS2EPConverter(scripted, (sample,)).convert().module()
+    except Exception as error:  # the converter raises many types; keep its first line
+        raise JaxjacError(
+            f"{path}: could not convert the TorchScript archive to torch.export on an input of shape "
+            f"{tuple(sample.shape)}: {_first_line(error)}. Save a state_dict and pass --arch instead"
+        ) from error
+    _restore_parameters(module, [name for name, _ in scripted.named_parameters()])
+    return Checkpoint(module, "torchscript", tuple(sample_shape))
+
+
+def _restore_parameters(module: torch.nn.Module, names: list[str]) -> None:
+    # TS2EPConverter lifts every tensor as a buffer; re-register the scripted
+    # module's parameters so that they become nnx.Param, not Buffer, in JAX.
+    import torch
+
+    for name in names:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        if leaf in owner._buffers:
+            tensor = owner._buffers.pop(leaf)
+            owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+
+
+def _load_exported_program(path: Path, sample_shape: tuple[int, ...] | None) -> Checkpoint:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # torch raises many types for damaged archives
+        raise JaxjacError(
+            f"{path}: torch.export.load could not read the ExportedProgram: {_first_line(error)}"
+        ) from error
+    user_inputs = [
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    if len(user_inputs) != 1:
+        raise JaxjacError(f"{path}: expected a program of one input tensor; found {len(user_inputs)} inputs")
+    (placeholder,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]]
+    shape = tuple(placeholder.meta["val"].shape)
+    batch = shape[0]
+    if isinstance(batch, int) and batch != 1:
+        raise JaxjacError(
+            f"{path} was exported with a fixed batch size of {batch}; jaxjac traces one sample at a time. "
+            "Export with a dynamic batch dimension: torch.export.export(net, (x,), dynamic_shapes="
+            "({0: torch.export.Dim('batch')},)), or save net.state_dict() and pass --arch"
+        )
+    recorded = tuple(shape[1:]) if all(isinstance(d, int) for d in shape[1:]) else None
+    if sample_shape is not None and recorded is not None and tuple(sample_shape) != recorded:
+        raise JaxjacError(
+            f"--input-shape {','.join(map(str, sample_shape))} does not fit {path}, which was exported for "
+            f"samples of shape {recorded}"
+        )
+    sample_shape = sample_shape or recorded
+    if sample_shape is None:
+        raise JaxjacError(f"{path} was exported with a dynamic sample shape {shape}; pass --input-shape")
+    return Checkpoint(program.module(), "exported-program", tuple(sample_shape))
+
+
+def _load_pickle_based(
+    path: Path, arch: str | None, arch_kwargs: Mapping[str, Any] | None, allow_pickle: bool
+) -> Checkpoint:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error).lower() and "unsupported global" not in str(error).lower():
+            raise JaxjacError(f"{path}: torch.load could not read it: {_first_line(error)}") from error
+        if not allow_pickle:
+            found = _unsupported_global(error)
+            raise JaxjacError(f"{path} holds pickled Python objects{found}; {_PICKLE_HINT}") from None
+        with _cwd_importable():
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+            except (ImportError, AttributeError) as error:
+                raise JaxjacError(
+                    f"{path}: the pickled module needs code that cannot be imported from {Path.cwd()}: "
+                    f"{_first_line(error)}; run jaxjac from the directory that holds the model's code"
+                ) from error
+    except Exception as error:  # truncated zips and the like
+        raise JaxjacError(f"{path}: torch.load could not read it: {_first_line(error)}") from error
+    module = _find_module(obj)
+    if module is not None:
+        notes = [f"ignoring --arch {arch}: {path.name} holds a pickled module"] if arch else []
+        return Checkpoint(module, "pickled-module", None, notes)
+    state, notes = unwrap_state_dict(obj, path)
+    if arch is None:
+        example = next(iter(state), "")
+        raise JaxjacError(
+            f"{path} holds a state_dict ({len(state)} tensors, e.g. `{example}`) but not the architecture; "
+            "pass --arch package.module:Class (and --arch-kwargs JSON if it takes arguments)"
+        )
+    net = build_arch(arch, arch_kwargs)
+    _load_strict(net, state, path, arch)
+    return Checkpoint(net, "state-dict", None, notes)
+
+
+def _find_module(obj: Any) -> torch.nn.Module | None:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in ("model", "module", "net"):
+            if isinstance(obj.get(key), torch.nn.Module):
+                return obj[key]
+    return None
+
+
+def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The flat `{name: tensor}` state_dict inside `obj`, and notes on what was unwrapped."""
+    import torch
+
+    notes = []
+    if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+        for key in _NESTING_KEYS:
+            if isinstance(obj.get(key), Mapping) and _is_tensor_dict(obj[key]):
+                others = [str(k) for k in obj if k != key]
+                rest = f" (ignoring {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
+                notes.append(f"using the state_dict under checkpoint[{key!r}]{rest}")
+                obj = obj[key]
+                break
+    if not (isinstance(obj, Mapping) and obj and _is_tensor_dict(obj)):
+        found = f"a dict with keys {list(obj)[:5]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise JaxjacError(
+            f"{path}: expected a state_dict of tensors (alone or under 'state_dict', 'model_state_dict' or "
+            f"'model'); found {found}"
+        )
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in state):
+        notes.append("stripped the 'module.' prefix that DataParallel/DistributedDataParallel adds to every key")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state, notes
+
+
+def _is_tensor_dict(obj: Mapping) -> bool:
+    import torch
+
+    # Some scripts keep non-tensor entries beside the weights; tensors are copied out later.
+    return bool(obj) and all(isinstance(k, str) for k in obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Module:
+    """Import and instantiate ``"package.module:Class"`` with `arch_kwargs`."""
+    import torch
+
+    if not _ARCH_PATTERN.match(arch):
+        raise JaxjacError(f"--arch must look like package.module:Class; got {arch!r}")
+    module_name, _, attr = arch.partition(":")
+    with _cwd_importable():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise JaxjacError(
+                f"--arch {arch}: cannot import {module_name!r} from {Path.cwd()} or the installed packages "
+                f"({_first_line(error)}); run jaxjac from the directory that holds your model code"
+            ) from error
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise JaxjacError(f"--arch {arch}: module {module_name!r} has no attribute {part!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise JaxjacError(f"--arch {arch}: expected a class or factory function; found a {type(target).__name__}")
+    try:
+        net = target(**dict(arch_kwargs or {}))
+    except TypeError as error:
+        raise JaxjacError(f"--arch-kwargs {dict(arch_kwargs or {})} do not fit {arch}: {_first_line(error)}") from error
+    if not isinstance(net, torch.nn.Module):
+        raise JaxjacError(f"--arch {arch}: expected it to build a torch.nn.Module; it built a {type(net).__name__}")
+    return net
+
+
+def _load_strict(net: torch.nn.Module, state: dict[str, Any], path: Path, arch: str) -> None:
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches raise even when not strict
+        detail = " ".join(str(error).split("\n\t")[1:2]).strip() or _first_line(error)
+        raise JaxjacError(f"{path} does not fit --arch {arch}: {detail}") from error
+    problems = []
+    for label, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)):
+        if keys:
+            shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+            problems.append(f"{len(keys)} {label} key{'s' if len(keys) != 1 else ''} ({shown})")
+    if problems:
+        raise JaxjacError(f"{path} does not fit --arch {arch}: {'; '.join(problems)}")
+
+
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """Put the current directory first on `sys.path`, as `python -m` does, for the block."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _unsupported_global(error: Exception) -> str:
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return f" (e.g. {match.group(1)})" if match else ""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

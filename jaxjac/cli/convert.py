@@ -1,0 +1,151 @@
+"""`jaxjac convert`: a torch checkpoint in, a checked `.jaxjac` artifact out."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import JaxjacError
+from ._common import parse_json_object, parse_shape, print_note, require_new_file, sha256_of
+
+DESCRIPTION = """\
+Convert a trained PyTorch 1D CNN into a jaxjac artifact (one safetensors file
+that loads without torch), after checking that its outputs and input Jacobians
+match torch's on probe inputs. Nothing is written if the check fails.
+
+CHECKPOINT may be any of (told apart by content, not by extension):
+  - a TorchScript archive (torch.jit.save)              needs --input-shape
+  - an ExportedProgram (torch.export.save, .pt2)        records its own shape
+  - a state_dict, also inside {'state_dict': ...},
+    {'model_state_dict': ...} or {'model': ...}          needs --arch and --input-shape
+  - a pickled module (torch.save(net))                  needs --allow-pickle and --input-shape
+"""
+
+EPILOG = """\
+examples:
+  jaxjac convert model_ts.pt --input-shape 1,224
+  jaxjac convert model.pt2 -o model.jaxjac
+  jaxjac convert weights.pt --arch mynets:ECGNet --arch-kwargs '{"n_classes": 3}' --input-shape 1,224
+  jaxjac convert net.pt --allow-pickle --input-shape 1,224 --check-data X_val.npy
+  jaxjac convert model.pt2 --dtype float64 --force
+
+--arch is imported with the current directory on the Python path, as with
+`python -m`: run jaxjac from the directory that holds your model code.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `convert` subparser."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a torch checkpoint into a .jaxjac artifact",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", type=Path, help="the torch checkpoint to convert")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="the artifact to write (default: CHECKPOINT with suffix .jaxjac)"
+    )
+    parser.add_argument(
+        "--input-shape",
+        type=parse_shape,
+        metavar="C,L",
+        help="shape of ONE sample, without the batch axis: '1,224', '224' or '(1, 224)'",
+    )
+    source = parser.add_argument_group("state_dict and pickled checkpoints")
+    source.add_argument("--arch", metavar="PKG.MOD:CLASS", help="the class (or factory) a state_dict belongs to")
+    source.add_argument(
+        "--arch-kwargs", type=parse_json_object, default={}, metavar="JSON", help="keyword arguments for --arch"
+    )
+    source.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a fully pickled module; this EXECUTES CODE from the file, use only for files you trust",
+    )
+    check = parser.add_argument_group("the conversion check")
+    check.add_argument("--check-data", type=Path, metavar="X.npy", help="probe inputs (P, *sample_shape) to check on")
+    check.add_argument(
+        "--probes", type=int, default=8, metavar="N", help="random probes when no --check-data (default 8)"
+    )
+    check.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the check (default 1e-4)")
+    check.add_argument("--atol", type=float, default=0.0, help="absolute tolerance of the check (default 0)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="float type (default float32)"
+    )
+    parser.add_argument(
+        "--output-index", type=int, metavar="I", help="which output to keep when forward returns several"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors"
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint, convert and check it, and write the artifact."""
+    import jax
+
+    from .._artifact import save
+    from .._check import format_report
+    from .._convert import convert
+    from .._load import load_checkpoint
+
+    output = args.output or args.checkpoint.with_suffix(".jaxjac")
+    require_new_file(output, args.force)  # fail before the slow part
+    check_data = _read_check_data(args.check_data) if args.check_data else None
+    sample_shape = args.input_shape
+    if sample_shape is None and check_data is not None:
+        sample_shape = tuple(check_data.shape[1:])
+    checkpoint = load_checkpoint(
+        args.checkpoint,
+        sample_shape=sample_shape,
+        arch=args.arch,
+        arch_kwargs=args.arch_kwargs,
+        allow_pickle=args.allow_pickle,
+    )
+    for note in checkpoint.notes:
+        print_note(note)
+    sample_shape = sample_shape or checkpoint.sample_shape
+    if sample_shape is None:
+        raise JaxjacError(
+            f"{args.checkpoint} ({checkpoint.format}) does not record its input shape; pass the shape of one "
+            "sample, e.g. --input-shape 1,224"
+        )
+    source = {
+        "file": args.checkpoint.name,
+        "sha256": sha256_of(args.checkpoint),
+        "format": checkpoint.format,
+    }
+    x64 = jax.enable_x64(True) if args.dtype == "float64" else contextlib.nullcontext()
+    with x64:
+        model = convert(
+            checkpoint.net,
+            np.zeros((1, *sample_shape)),
+            dtype=args.dtype,
+            output_index=args.output_index,
+            check_data=check_data,
+            n_probes=args.probes,
+            rtol=args.rtol,
+            atol=args.atol,
+            metadata={"source": source},
+        )
+        save(model, output, overwrite=args.force)
+    print(format_report(model.metadata["check"]))
+    print(f"wrote {output} (input {sample_shape} -> output {model.output_shape}, {model.dtype})")
+    return 0
+
+
+def _read_check_data(path: Path) -> np.ndarray:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as error:  # pickled object arrays, or not an .npy file at all
+        raise JaxjacError(f"--check-data {path}: expected a numeric .npy array; {error}") from error
+    if not hasattr(data, "ndim") or data.ndim < 2:
+        found = "an .npz archive" if not hasattr(data, "ndim") else f"an array of shape {data.shape}"
+        raise JaxjacError(f"--check-data {path}: expected an array of samples (P, *sample_shape); found {found}")
+    return data

@@ -1,0 +1,205 @@
+"""`jaxjac convert`: every checkpoint kind end to end, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from checkpoint_nets import SAMPLE_SHAPE, trained_net, write_arch_module, write_checkpoints
+
+import jaxjac
+from jaxjac.cli import main
+
+# converters/pool.py casts MaxPool indices to int64 without x64 and JAX warns; not this module's concern.
+
+FAST = ["--probes", "2"]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return trained_net()
+
+
+@pytest.fixture(scope="module")
+def ckpts(net, tmp_path_factory):
+    return write_checkpoints(net, tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, request):
+    """The current directory, holding the user's model code as `<module>.py`; yields the --arch spec."""
+    monkeypatch.chdir(tmp_path)
+    name = "cli_nets_" + re.sub(r"\W", "_", request.node.name)
+    yield write_arch_module(tmp_path, name)
+    sys.modules.pop(name, None)
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("jaxjac: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def assert_matches_torch(path, net) -> None:
+    model = jaxjac.load(path)
+    x = np.random.default_rng(3).standard_normal((3, *SAMPLE_SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("scripted.pt", ["--input-shape", "1,32"]),
+        ("traced.pt", ["--input-shape", "(1, 32)"]),
+        ("dynamic.pt2", []),
+        ("state_dict.pt", ["--input-shape", "[1, 32]", "--arch", "{arch}"]),
+        ("nested_model_state_dict.pt", ["--input-shape", "1,32", "--arch", "{arch}"]),
+        ("data_parallel.pt", ["--input-shape", "1,32", "--arch", "{arch}", "--arch-kwargs", '{"n_classes": 3}']),
+        ("pickled.pt", ["--input-shape", "1,32", "--allow-pickle"]),
+    ],
+)
+def test_converts_every_format(ckpts, net, workdir, tmp_path, capsys, name, extra):
+    out = tmp_path / "out.jaxjac"
+    args = [a.replace("{arch}", workdir) for a in extra]
+    assert main(["convert", str(ckpts[name]), "-o", str(out), *FAST, *args]) == 0
+    stdout = capsys.readouterr().out
+    assert re.search(r"conversion check passed on 2 probes \(float32\)", stdout), stdout
+    assert f"wrote {out}" in stdout
+    assert_matches_torch(out, net)
+    source = jaxjac.load(out).metadata["source"]
+    assert source["file"] == name and len(source["sha256"]) == 64
+    assert jaxjac.load(out).metadata["check"]["passed"] is True
+
+
+def test_default_output_and_notes(ckpts, workdir, tmp_path, capsys):
+    ckpt = tmp_path / "weights.pt"
+    ckpt.write_bytes(ckpts["data_parallel.pt"].read_bytes())
+    assert main(["convert", str(ckpt), "--input-shape", "1,32", "--arch", workdir, *FAST]) == 0
+    assert (tmp_path / "weights.jaxjac").is_file()
+    assert "jaxjac: note: stripped the 'module.' prefix" in capsys.readouterr().err
+
+
+def test_input_shape_from_check_data(ckpts, workdir, tmp_path, capsys):
+    np.save(tmp_path / "X.npy", np.random.default_rng(0).standard_normal((3, *SAMPLE_SHAPE)))
+    code = main(["convert", str(ckpts["scripted.pt"]), "-o", "a.jaxjac", "--check-data", "X.npy"])
+    assert code == 0
+    assert "passed on 3 probes" in capsys.readouterr().out
+
+
+def test_float64(ckpts, workdir, capsys):
+    assert main(["convert", str(ckpts["dynamic.pt2"]), "-o", "f64.jaxjac", "--dtype", "float64", *FAST]) == 0
+    assert "(float64)" in capsys.readouterr().out
+    import jax
+
+    with jax.enable_x64(True):
+        assert jaxjac.load("f64.jaxjac").dtype == np.float64
+
+
+def test_refuses_to_overwrite_without_force(ckpts, workdir, tmp_path, capsys):
+    out = tmp_path / "out.jaxjac"
+    out.write_bytes(b"old artifact")
+    assert main(["convert", str(ckpts["dynamic.pt2"]), "-o", str(out), *FAST]) == 2
+    assert re.search(
+        r"out\.jaxjac already exists; pass --force to overwrite it", one_error_line(capsys.readouterr().err)
+    )
+    assert out.read_bytes() == b"old artifact"
+    assert main(["convert", str(ckpts["dynamic.pt2"]), "-o", str(out), "--force", *FAST]) == 0
+    assert jaxjac.load(out).sample_shape == SAMPLE_SHAPE
+
+
+def test_failed_check_writes_nothing(ckpts, workdir, tmp_path, capsys):
+    # A negative tolerance can never be met: it stands in for a lowering bug.
+    code = main(["convert", str(ckpts["dynamic.pt2"]), "-o", "out.jaxjac", "--rtol", "-1", *FAST])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "conversion check FAILED on 2 probes" in captured.out
+    assert re.search(r"disagrees with torch beyond rtol=-1.*outputs: max relative error", one_error_line(captured.err))
+    assert not (tmp_path / "out.jaxjac").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope.pt"], r"nope\.pt: expected a torch checkpoint file; found no such file"),
+        (["garbage.pt"], r"garbage\.pt: expected a torch checkpoint .*found a file starting with b'not a mo'"),
+        (["{pickled}"], r"holds pickled Python objects .*executes arbitrary code.*--allow-pickle"),
+        (["{state_dict}", "--input-shape", "1,32"], r"holds a state_dict .*pass --arch package\.module:Class"),
+        (
+            ["{state_dict}", "--input-shape", "1,32", "--arch", "nets.Net"],
+            r"--arch must look like package\.module:Class",
+        ),
+        (
+            ["{state_dict}", "--input-shape", "1,32", "--arch", "not_a_module_abc:Net"],
+            r"cannot import 'not_a_module_abc'",
+        ),
+        (["{scripted}"], r"TorchScript archive, which does not record its input shape; pass .*--input-shape"),
+        (["{state_dict}", "--arch", "{arch}"], r"state-dict\) does not record its input shape"),
+        (["{fixed}"], r"fixed batch size of 2"),
+        (["{dynamic}", "--input-shape", "1,64"], r"--input-shape 1,64 does not fit"),
+        (
+            ["{state_dict}", "--arch", "{arch}", "--input-shape", "1,64"],
+            r"torch\.export could not trace .*\(1, 1, 64\)",
+        ),
+        (["{dynamic}", "--check-data", "nope.npy"], r"nope\.npy: No such file or directory"),
+    ],
+)
+def test_one_line_errors(ckpts, workdir, tmp_path, capsys, args, message):
+    (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
+    paths = {k.split(".")[0]: str(v) for k, v in ckpts.items()}
+    argv = ["convert", *[a.format(arch=workdir, **paths) for a in args], *FAST]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert re.search(message, line), line
+    assert not list(tmp_path.glob("*.jaxjac"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input-shape", "1x224"], r"argument --input-shape: expected the shape of one sample .* got '1x224'"),
+        (["--input-shape", "0,224"], r"argument --input-shape: expected .*positive integers"),
+        (
+            ["--arch-kwargs", "{n_classes: 3}"],
+            r"argument --arch-kwargs: expected a JSON object .*Expecting property name",
+        ),
+        (["--arch-kwargs", "[3]"], r"argument --arch-kwargs: expected a JSON object"),
+        (["--dtype", "float16"], r"argument --dtype: invalid choice"),
+    ],
+)
+def test_argument_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "x.pt", *args])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(jaxjac.JaxjacError, match="no such file"):
+        main(["--debug", "convert", str(tmp_path / "nope.pt")])
+    with pytest.raises(jaxjac.JaxjacError, match="no such file"):
+        main(["convert", str(tmp_path / "nope.pt"), "--debug"])
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for needle in (
+        "examples:",
+        "jaxjac convert model.pt2",
+        "--arch mynets:ECGNet",
+        "TorchScript",
+        "--allow-pickle",
+        "EXECUTES CODE",
+    ):
+        assert needle in text, needle
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "convert" in capsys.readouterr().out

@@ -1,0 +1,188 @@
+"""Reading every checkpoint kind into a torch module that computes what the original did."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from checkpoint_nets import SAMPLE_SHAPE, trained_net, write_arch_module, write_checkpoints
+
+import jaxjac
+from jaxjac._load import detect_format, load_checkpoint
+
+# converters/pool.py casts MaxPool indices to int64 without x64 and JAX warns; not this module's concern.
+
+
+@pytest.fixture(scope="module")
+def net():
+    return trained_net()
+
+
+@pytest.fixture(scope="module")
+def ckpts(net, tmp_path_factory):
+    return write_checkpoints(net, tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture
+def arch(tmp_path, monkeypatch, request):
+    """An `--arch` spec importable from the current directory, like a user's own `nets.py`."""
+    monkeypatch.chdir(tmp_path)
+    name = "user_nets_" + re.sub(r"\W", "_", request.node.name)
+    yield write_arch_module(tmp_path, name)
+    sys.modules.pop(name, None)
+
+
+def assert_same_outputs(loaded: torch.nn.Module, net: torch.nn.Module) -> None:
+    x = torch.randn(1, *SAMPLE_SHAPE)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("scripted.pt", "torchscript"),
+        ("traced.pt", "torchscript"),
+        ("dynamic.pt2", "exported-program"),
+        ("fixed.pt2", "exported-program"),
+        ("state_dict.pt", "torch-pickle"),
+        ("pickled.pt", "torch-pickle"),
+    ],
+)
+def test_detects_format_by_content(ckpts, tmp_path, name, kind):
+    renamed = tmp_path / "checkpoint.bin"  # the extension must not matter
+    renamed.write_bytes(ckpts[name].read_bytes())
+    assert detect_format(renamed) == kind
+
+
+@pytest.mark.parametrize("name", ["scripted.pt", "traced.pt"])
+def test_torchscript_keeps_parameters_as_parameters(ckpts, net, name):
+    checkpoint = load_checkpoint(ckpts[name], sample_shape=SAMPLE_SHAPE)
+    assert checkpoint.format == "torchscript"
+    assert sorted(n for n, _ in checkpoint.net.named_parameters()) == sorted(n for n, _ in net.named_parameters())
+    assert_same_outputs(checkpoint.net, net)
+
+
+def test_torchscript_needs_input_shape(ckpts):
+    with pytest.raises(jaxjac.JaxjacError, match=r"scripted\.pt is a TorchScript archive.*--input-shape 1,224"):
+        load_checkpoint(ckpts["scripted.pt"])
+
+
+def test_exported_program_records_sample_shape(ckpts, net):
+    checkpoint = load_checkpoint(ckpts["dynamic.pt2"])
+    assert (checkpoint.format, checkpoint.sample_shape) == ("exported-program", SAMPLE_SHAPE)
+    assert_same_outputs(checkpoint.net, net)
+
+
+def test_exported_program_with_fixed_batch_is_explained(ckpts):
+    with pytest.raises(
+        jaxjac.JaxjacError, match=r"fixed\.pt2 was exported with a fixed batch size of 2.*Dim\('batch'\)"
+    ):
+        load_checkpoint(ckpts["fixed.pt2"])
+
+
+def test_exported_program_rejects_other_input_shape(ckpts):
+    with pytest.raises(jaxjac.JaxjacError, match=r"--input-shape 1,64 does not fit .*dynamic\.pt2.*\(1, 32\)"):
+        load_checkpoint(ckpts["dynamic.pt2"], sample_shape=(1, 64))
+
+
+@pytest.mark.parametrize(
+    ("name", "note"),
+    [
+        ("state_dict.pt", None),
+        ("nested_state_dict.pt", r"checkpoint\['state_dict'\] \(ignoring epoch\)"),
+        ("nested_model_state_dict.pt", r"checkpoint\['model_state_dict'\] \(ignoring optimizer_state_dict, epoch\)"),
+        ("nested_model.pt", r"checkpoint\['model'\]"),
+        ("data_parallel.pt", r"stripped the 'module\.' prefix"),
+    ],
+)
+def test_state_dict_with_arch(ckpts, net, arch, name, note):
+    checkpoint = load_checkpoint(ckpts[name], arch=arch)
+    assert checkpoint.format == "state-dict"
+    if note is None:
+        assert checkpoint.notes == []
+    else:
+        assert any(re.search(note, n) for n in checkpoint.notes), checkpoint.notes
+    assert_same_outputs(checkpoint.net, net)
+
+
+def test_state_dict_without_arch_asks_for_it(ckpts):
+    with pytest.raises(jaxjac.JaxjacError, match=r"state_dict\.pt holds a state_dict \(\d+ tensors.*pass --arch"):
+        load_checkpoint(ckpts["state_dict.pt"])
+
+
+def test_arch_kwargs_are_passed(tmp_path, arch):
+    torch.save(trained_net(n_classes=5).state_dict(), tmp_path / "five.pt")
+    with pytest.raises(jaxjac.JaxjacError, match=r"five\.pt does not fit --arch .*size mismatch for head\.weight"):
+        load_checkpoint(tmp_path / "five.pt", arch=arch)
+    checkpoint = load_checkpoint(tmp_path / "five.pt", arch=arch, arch_kwargs={"n_classes": 5})
+    assert checkpoint.net(torch.zeros(1, *SAMPLE_SHAPE)).shape == (1, 5)
+
+
+def test_missing_and_unexpected_keys_in_one_line(tmp_path, net, arch):
+    sd = dict(net.state_dict())
+    del sd["head.bias"]
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(jaxjac.JaxjacError, match=r"1 missing key \(head\.bias\); 1 unexpected key \(extra\.weight\)$"):
+        load_checkpoint(tmp_path / "odd.pt", arch=arch)
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "message"),
+    [
+        ("nets.Net", None, r"--arch must look like package\.module:Class; got 'nets\.Net'"),
+        ("no_such_module_xyz:Net", None, r"cannot import 'no_such_module_xyz' from .*run jaxjac from the directory"),
+        ("{module}:Nett", None, r"has no attribute 'Nett'"),
+        ("{module}:torch", None, r"expected a class or factory function; found a module"),
+        ("{module}:Net", {"n_clases": 3}, r"--arch-kwargs \{'n_clases': 3\} do not fit .*unexpected keyword"),
+    ],
+)
+def test_bad_arch(ckpts, arch, spec, kwargs, message):
+    spec = spec.format(module=arch.split(":")[0])
+    with pytest.raises(jaxjac.JaxjacError, match=message):
+        load_checkpoint(ckpts["state_dict.pt"], arch=spec, arch_kwargs=kwargs)
+
+
+def test_pickled_module_is_refused_by_default(ckpts):
+    with pytest.raises(
+        jaxjac.JaxjacError,
+        match=r"pickled\.pt holds pickled Python objects \(e\.g\. checkpoint_nets\.Net\); unpickling it executes "
+        r"arbitrary code.*--allow-pickle",
+    ):
+        load_checkpoint(ckpts["pickled.pt"])
+
+
+def test_pickled_module_with_allow_pickle(ckpts, net):
+    checkpoint = load_checkpoint(ckpts["pickled.pt"], allow_pickle=True)
+    assert checkpoint.format == "pickled-module"
+    assert_same_outputs(checkpoint.net, net)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(jaxjac.JaxjacError, match=r"nope\.pt: expected a torch checkpoint file; found no such file"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello, I am not a model", r"expected a torch checkpoint .*found a file starting with b'hello, I'"),
+        (b"", r"found a file starting with b''"),
+        (b"PK\x03\x04garbage", r"found a damaged zip archive"),
+    ],
+)
+def test_garbage_file(tmp_path, content, message):
+    (tmp_path / "junk.pt").write_bytes(content)
+    with pytest.raises(jaxjac.JaxjacError, match=message):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_truncated_checkpoint(ckpts, tmp_path):
+    data = ckpts["state_dict.pt"].read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(jaxjac.JaxjacError, match=r"cut\.pt: expected a torch checkpoint; found a damaged zip"):
+        load_checkpoint(tmp_path / "cut.pt")

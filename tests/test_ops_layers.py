@@ -1,0 +1,218 @@
+"""Whole torch layers convert and match torch autograd: outputs and per-sample Jacobians.
+
+Layers: Linear, Flatten, Dropout, Identity, Upsample, weight-normed Conv1d,
+LSTM/GRU, MultiheadAttention and TransformerEncoderLayer, each over its
+options, in float32 and float64. Sizes are tiny so that the unrolled
+recurrences and attention graphs compile quickly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from helpers import TORCH_DTYPES, assert_close, assert_converts, precision, torch_reference
+
+import jaxjac
+
+DTYPES = ("float32", "float64")
+
+
+class Apply(nn.Module):
+    """`head(layer(x))`, where `head` picks a tensor out of what `layer` returns."""
+
+    def __init__(self, layer: nn.Module, head: Callable = lambda y: y, prep: Callable = lambda x: x):
+        super().__init__()
+        self.layer, self.head, self.prep = layer, head, prep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(self.prep(x)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_on_3d_input(bias, dtype):
+    # (N, C, L) -> (N, C, out): Linear acts on the last axis of every channel.
+    assert_converts(nn.Linear(8, 5, bias=bias), (3, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", [(1, -1), (2, 3), (-3, -2), (0, -1)])
+def test_flatten(dims, dtype):
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Unflatten(2, (2, 3)), nn.Flatten(*dims))
+    assert_converts(net, (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_and_identity(dtype):
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Dropout(0.5), nn.Identity(), nn.Flatten(), nn.Dropout1d(0.3))
+    assert_converts(net, (2, 8), dtype)
+
+
+def test_model_in_train_mode_converts_as_eval():
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Dropout(0.9), nn.Flatten(), nn.Linear(18, 2))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+    net.train()
+    x = torch.randn(3, 2, 8)
+    with pytest.warns(UserWarning, match="train mode"):
+        model = jaxjac.convert(net, x, check=False)
+    assert all(m.training for m in net.modules()), "convert must restore the model's train mode"
+    expected = net.eval()(x).detach().numpy()
+    assert_close(np.asarray(model(x.numpy())), expected, "float32", "train-mode model outputs")
+
+
+class Bank(nn.Module):
+    """Several branches on one input, their flattened outputs side by side: `(N, sum of sizes)`.
+
+    One test of a bank checks every branch's values and Jacobian, at the cost
+    of one conversion instead of one per option.
+    """
+
+    def __init__(self, *branches: nn.Module):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x).flatten(1) for branch in self.branches], 1)
+
+
+def _interpolate(**options) -> nn.Module:
+    return Apply(nn.Identity(), head=lambda y: nn.functional.interpolate(y, **options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_upsample_nearest(dtype):
+    bank = Bank(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Upsample(scale_factor=1.5, mode="nearest"),
+        nn.Upsample(size=13, mode="nearest"),
+        nn.Upsample(size=5, mode="nearest"),
+        nn.Upsample(size=11, mode="nearest-exact"),
+        _interpolate(scale_factor=2.6, mode="nearest"),
+    )
+    assert_converts(nn.Sequential(nn.Conv1d(2, 2, 1), bank), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_upsample_linear(dtype):
+    bank = Bank(
+        nn.Upsample(scale_factor=2, mode="linear", align_corners=True),
+        nn.Upsample(size=13, mode="linear", align_corners=True),
+        nn.Upsample(scale_factor=2.5, mode="linear", align_corners=False),
+        nn.Upsample(size=11, mode="linear", align_corners=False),
+        nn.Upsample(size=5, mode="linear", align_corners=False),
+        _interpolate(scale_factor=1.7, mode="linear", recompute_scale_factor=True),
+    )
+    assert_converts(nn.Sequential(nn.Conv1d(2, 2, 1), bank), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_norm_parametrization(dtype):
+    bank = Bank(*(nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3), dim=dim) for dim in (0, 1, None)))
+    assert_converts(nn.Sequential(bank, nn.Tanh()), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_norm_legacy_hook(dtype):
+    # The hook version holds `weight` as a non-leaf tensor, which cannot be
+    # deep-copied, so build it in the target dtype and convert it directly.
+    torch_dtype = TORCH_DTYPES[dtype]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the hook version
+        net = nn.utils.weight_norm(nn.Conv1d(2, 3, 3).to(torch_dtype)).eval()
+    x = torch.as_tensor(np.random.default_rng(0).standard_normal((2, 2, 8))).to(torch_dtype)
+    expected_out, expected_jac = torch_reference(net, x)
+    with precision(dtype):
+        model = jaxjac.convert(net, x, dtype=dtype, check=False)
+        assert_close(np.asarray(model(x.numpy())), expected_out, dtype, "outputs")
+        assert_close(jaxjac.jacobian(model, x.numpy()), expected_jac, dtype, "Jacobians")
+
+
+def _last_step(y: tuple) -> torch.Tensor:
+    return y[0][:, -1]
+
+
+def _sequence(y: tuple) -> torch.Tensor:
+    return y[0]
+
+
+def _final_hidden(y: tuple) -> torch.Tensor:
+    # h_n of an LSTM is y[1][0], of a GRU y[1]; (layers * directions, N, H) -> (N, ...).
+    h = y[1][0] if isinstance(y[1], tuple) else y[1]
+    return h.transpose(0, 1)
+
+
+def _rnn(cell: type[nn.Module], head: Callable, **options) -> nn.Module:
+    return Apply(cell(3, 4, batch_first=True, **options), head=head)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN:UserWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm(dtype):
+    bank = Bank(
+        _rnn(nn.LSTM, _sequence, num_layers=1),
+        _rnn(nn.LSTM, _last_step, num_layers=2, bidirectional=True),
+        _rnn(nn.LSTM, _final_hidden, num_layers=1, proj_size=2),
+    )
+    assert_converts(bank, (5, 3), dtype, n=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gru(dtype):
+    bank = Bank(
+        _rnn(nn.GRU, _sequence, num_layers=1, bidirectional=True),
+        _rnn(nn.GRU, _last_step, num_layers=2, bias=False),
+        _rnn(nn.GRU, _final_hidden, num_layers=1),
+    )
+    assert_converts(bank, (5, 3), dtype, n=2)
+
+
+class SelfAttention(nn.Module):
+    """`nn.MultiheadAttention(x, x, x)` with call options, returning `head` of its (output, weights)."""
+
+    def __init__(self, head: Callable, call_options: dict | None = None, **layer_options):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True, **layer_options)
+        self.call_options, self.head = call_options or {}, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attention(x, x, x, **self.call_options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multihead_self_attention(dtype):
+    bank = Bank(
+        SelfAttention(lambda y: y[0]),
+        SelfAttention(lambda y: y[0], {"need_weights": False}),
+        SelfAttention(lambda y: y[1]),
+        SelfAttention(lambda y: y[1], {"average_attn_weights": False}),
+        SelfAttention(lambda y: y[0], bias=False, add_bias_kv=True),
+    )
+    assert_converts(bank, (6, 4), dtype, n=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transformer_encoder_layer(dtype):
+    bank = Bank(
+        *(
+            nn.TransformerEncoderLayer(
+                4, 2, dim_feedforward=8, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first
+            )
+            for activation in ("relu", "gelu")
+            for norm_first in (False, True)
+        )
+    )
+    assert_converts(bank, (6, 4), dtype, n=2)
+
+
+def test_float64_conversion_needs_x64_is_not_silently_float32():
+    # A guard that the float64 cases above really ran in 64 bits.
+    with jax.enable_x64(True):
+        model = assert_converts(nn.Linear(4, 2), (4,), "float64", n=2)
+        assert np.asarray(model(np.zeros((1, 4)))).dtype == np.float64
