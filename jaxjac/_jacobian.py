@@ -66,6 +66,64 @@ def _target_kind(target: Any) -> str:
     )
 
 
+def _validate(model: ConvertedModel, target: Any, output: str, method: str, precision: str) -> str:
+    kind = _target_kind(target)
+    _output_transform(output)
+    if method not in METHODS:
+        raise JaxjacError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if precision not in PRECISIONS:
+        raise JaxjacError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if output != "logits" and len(model.output_shape) != 1:
+        raise JaxjacError(
+            f"output={output!r} applies a softmax over classes, but the model's per-sample output has "
+            f"shape {model.output_shape}; use output='logits'"
+        )
+    if kind == "index" and not 0 <= int(target) < model.n_outputs:
+        raise JaxjacError(f"target class {int(target)} is out of range for a model with {model.n_outputs} outputs")
+    return kind
+
+
+def batch_jacobian_core(
+    model: ConvertedModel,
+    *,
+    target: Target = "all",
+    output: Output = "logits",
+    method: Method = DEFAULT_METHOD,
+    precision: str = "float32",
+) -> tuple[Callable[[dict[str, jax.Array], jax.Array, jax.Array | None], jax.Array], dict[str, jax.Array]]:
+    """The un-jitted pure core of `jacobian_fn`, for callers that jit it themselves.
+
+    **Returns:** `(core, tensors)` where `core(tensors, x, labels)` maps a batch
+    `x` `(N, *sample_shape)` (and, for a labels target, `labels` `(N,)`; else
+    `None`) to its Jacobians. Jit it with your own shardings to spread a batch
+    over devices.
+    """
+    kind = _validate(model, target, output, method, precision)
+    transform = _output_transform(output)
+    sample_fn, tensors = model.sample_fn()
+    dtype = model.dtype
+
+    def f(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        return transform(sample_fn(params, x).reshape(-1))
+
+    formulation = _FORMULATIONS[(kind == "all", method)](f)
+
+    def core(params: dict[str, jax.Array], x: jax.Array, labels: jax.Array | None) -> jax.Array:
+        x = jnp.asarray(x, dtype)
+        with jax.default_matmul_precision(PRECISIONS[precision]):
+            if kind == "all":
+                return formulation(params, x)
+            if kind == "predicted":
+                select = None
+            elif kind == "index":
+                select = jnp.full((x.shape[0],), int(target))
+            else:
+                select = labels
+            return formulation(params, x, select)
+
+    return core, tensors
+
+
 def jacobian_fn(
     model: ConvertedModel,
     *,
@@ -80,9 +138,9 @@ def jacobian_fn(
 
     - `model`: a converted model.
     - `target`: ``"all"`` for every output row; ``"predicted"`` for the row of
-      each sample's argmax output; an `int` for a fixed output. For an array of
-      labels, pass ``"labels"``-style targets to the returned function instead:
-      any array here means "the function takes `labels` as its second argument".
+      each sample's argmax output; an `int` for a fixed output; an array of
+      labels (any array: the returned function then takes the batch's labels
+      as its second argument).
     - `output`: differentiate ``"logits"`` (the raw outputs), ``"probs"``
       (softmax) or ``"log_probs"`` (log-softmax).
     - `method`: ``"vmap-jacrev"`` or ``"batched-vjp"``; both give the same numbers.
@@ -94,42 +152,14 @@ def jacobian_fn(
     batch `x` of shape `(N, *sample_shape)` to `(N, K, *sample_shape)` for
     ``"all"`` and `(N, *sample_shape)` for a single target. `fn` is pure: the
     model's tensors are passed to the jitted core as arguments, not baked in.
+
+    >>> fn = jaxjac.jacobian_fn(model, target="predicted")   # doctest: +SKIP
+    >>> fn(X[:256]).shape                                    # doctest: +SKIP
+    (256, 1, 224)
     """
+    core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
     kind = _target_kind(target)
-    transform = _output_transform(output)
-    if method not in METHODS:
-        raise JaxjacError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if precision not in PRECISIONS:
-        raise JaxjacError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    sample_fn, tensors = model.sample_fn()
-    n_outputs = model.n_outputs
-    if output != "logits" and len(model.output_shape) != 1:
-        raise JaxjacError(
-            f"output={output!r} applies a softmax over classes, but the model's per-sample output has "
-            f"shape {model.output_shape}; use output='logits'"
-        )
-    if kind == "index" and not 0 <= int(target) < n_outputs:
-        raise JaxjacError(f"target class {int(target)} is out of range for a model with {n_outputs} outputs")
-
-    def f(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-        return transform(sample_fn(params, x).reshape(-1))
-
-    core = _FORMULATIONS[(kind == "all", method)](f)
-
-    @jax.jit
-    def run(params: dict[str, jax.Array], x: jax.Array, labels: jax.Array | None) -> jax.Array:
-        x = jnp.asarray(x, model.dtype)
-        with jax.default_matmul_precision(PRECISIONS[precision]):
-            if kind == "all":
-                return core(params, x)
-            if kind == "predicted":
-                select = None
-            elif kind == "index":
-                select = jnp.full((x.shape[0],), int(target))
-            else:
-                select = labels
-            return core(params, x, select)
-
+    run = jax.jit(core)
     sample_shape = model.sample_shape
 
     def jacobian_of_batch(x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
