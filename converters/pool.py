@@ -97,8 +97,8 @@ def _patches(
     flat = np.zeros((), np.int64)
     mask = np.ones((), bool)
     for d, (pos, ok) in enumerate(windows):
-        # Each gather turns axis `lead + 2 d` of length L_d into (out_d, k_d).
-        x = jnp.take(x, jnp.asarray(np.clip(pos, 0, spatial[d] - 1)), axis=lead + 2 * d)
+        # Each step turns axis `lead + 2 d` of length L_d into (out_d, k_d).
+        x = _split_axis_into_windows(x, lead + 2 * d, pos, spatial[d])
         row_stride = math.prod(spatial[d + 1 :])
         flat = np.expand_dims(flat, (-2, -1)) + pos * row_stride
         mask = np.expand_dims(mask, (-2, -1)) & ok
@@ -110,6 +110,20 @@ def _patches(
     flat = np.transpose(flat, order).reshape((*out_shape, -1))
     mask = np.transpose(mask, order).reshape(flat.shape)
     return x.reshape((*x.shape[: lead + n], -1)), mask, flat
+
+
+def _split_axis_into_windows(x: jax.Array, axis: int, positions: np.ndarray, length: int) -> jax.Array:
+    """Replace `axis` of `x` by the windows `(out, k)` of input positions `positions`.
+
+    Windows that tile the axis back to back (stride == kernel, no padding, no
+    dilation: the common MaxPool1d(2)) are a slice and a reshape; XLA compiles
+    the general gather, and above all its scatter-add gradient, far slower.
+    """
+    out, k = positions.shape
+    if out * k <= length and np.array_equal(positions, np.arange(out * k).reshape(out, k)):
+        x = lax.slice_in_dim(x, 0, out * k, axis=axis)
+        return x.reshape((*x.shape[:axis], out, k, *x.shape[axis + 1 :]))
+    return jnp.take(x, jnp.asarray(np.clip(positions, 0, length - 1)), axis=axis)
 
 
 def _max_at_first_argmax(patches: jax.Array, flat: np.ndarray) -> tuple[jax.Array, jax.Array]:

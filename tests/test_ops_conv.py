@@ -96,18 +96,10 @@ FUNCTIONAL = {
 }
 
 
-# Every option runs in float64, where agreement to 1e-9 leaves no room for a
-# semantic slip; float32 reruns a covering subset (the suite must stay fast).
-FLOAT32 = {"same-even", "same-even-reflect", "depthwise-multiplier2", "everything", "pad-reflect-conv-stack"}
-
-
 def _cases(table: dict, make: Callable) -> list:
-    """`(make_net, dtype)` params named `option-dtype`: float64 for every entry, float32 for those in `FLOAT32`."""
+    """`(make_net, dtype)` params named `option-dtype`, every option in both dtypes."""
     return [
-        pytest.param(make(options), dtype, id=f"{name}-{dtype}")
-        for name, options in table.items()
-        for dtype in DTYPES
-        if dtype == "float64" or name in FLOAT32
+        pytest.param(make(options), dtype, id=f"{name}-{dtype}") for name, options in table.items() for dtype in DTYPES
     ]
 
 

@@ -75,18 +75,12 @@ CASES = {
     "adaptive-max-indices-used": (lambda: gather_at_indices(nn.AdaptiveMaxPool1d(7, return_indices=True)), 10),
 }
 
-# Every case runs in float64, where agreement to 1e-9 leaves no room for a
-# semantic slip; float32 reruns a covering subset (the suite must stay fast).
-FLOAT32 = {"max-k3-s3-p1-dilation2-ceil", "max-indices-used", "avg-k4-s3-p2-ceil-exclude-pad", "adaptive-avg-7-of-10"}
-FLOAT32 |= {"adaptive-max-indices-used"}
-
 
 def _cases() -> list:
     return [
         pytest.param(make, length, dtype, id=f"{name}-{dtype}")
         for name, (make, length) in CASES.items()
         for dtype in DTYPES
-        if dtype == "float64" or name in FLOAT32
     ]
 
 
