@@ -93,10 +93,11 @@ class Clamp(nn.Module):
 
 
 # Modules and the points where their derivative jumps; torch picks one side.
-# Hardswish and Hardsigmoid are absent: torch exports them decomposed into
-# add/clamp/mul/div, whose torch gradient at +-3 differs from the fused
-# kernels' (e.g. Hardswish'(-3) is -0.5 through clamp, 0 in hardswish_backward).
+# Hardswish and Hardsigmoid stay whole in jaxjac's export, so their kinks
+# follow torch's fused backward kernels, not a clamp chain.
 KINKS = {
+    "hardswish": (lambda: nn.Hardswish(), [-3.0, 3.0]),
+    "hardsigmoid": (lambda: nn.Hardsigmoid(), [-3.0, 3.0]),
     "relu": (lambda: nn.ReLU(), [0.0]),
     "relu6": (lambda: nn.ReLU6(), [0.0, 6.0]),
     "leaky_relu": (lambda: nn.LeakyReLU(0.2), [0.0]),
