@@ -189,7 +189,11 @@ def test_load_works_without_torch(model, saved, x, tmp_path):
         """
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    # Run outside the checkout: `python -c` puts the working directory first on
+    # sys.path, where the source `jaxjac/` lacks the installed `jaxjac.converters`.
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.asarray(model(x)))
     np.testing.assert_array_equal(np.load(tmp_path / "jac.npy"), jaxjac.jacobian(model, x))
