@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     conv,
     creation,
     elementwise,
+    layout,
     linear,
     norm,
     pool,

@@ -20,10 +20,11 @@ from .registry import register
 _SPATIAL = "HWD"
 
 
-def _dimension_numbers(n_spatial: int) -> tuple[str, str, str]:
-    """torch's channels-first layouts: input `NC...`, kernel `OI...`, output `NC...`."""
+def _dimension_numbers(n_spatial: int, channels_last: bool = False) -> tuple[str, str, str]:
+    """Input and output `NC...` (torch's layout) or `N...C`; the kernel stays torch's `OI...`."""
     spatial = _SPATIAL[:n_spatial]
-    return (f"NC{spatial}", f"OI{spatial}", f"NC{spatial}")
+    data = f"N{spatial}C" if channels_last else f"NC{spatial}"
+    return (data, f"OI{spatial}", data)
 
 
 @register("aten.convolution.default")
@@ -37,6 +38,8 @@ def convolution(
     transposed: bool,
     output_padding: Sequence[int],
     groups: int,
+    *,
+    channels_last: bool = False,
 ) -> jax.Array:
     """torch's convolution of channels-first `x` `(N, C_in, *spatial)`.
 
@@ -45,10 +48,11 @@ def convolution(
     `bias` is `(C_out,)` or `None`; `padding` is symmetric zero padding per
     spatial axis.
 
-    **Returns:** `(N, C_out, *out)`.
+    **Returns:** `(N, C_out, *out)`. With `channels_last`, `x` is laid out
+    `(N, *spatial, C_in)` and the result `(N, *out, C_out)`.
     """
     n_spatial = x.ndim - 2
-    numbers = _dimension_numbers(n_spatial)
+    numbers = _dimension_numbers(n_spatial, channels_last)
     if not transposed:
         y = lax.conv_general_dilated(
             x,
@@ -60,9 +64,9 @@ def convolution(
             feature_group_count=groups,
         )
     else:
-        y = _transposed(x, weight, stride, padding, dilation, output_padding, groups)
+        y = _transposed(x, weight, stride, padding, dilation, output_padding, groups, numbers)
     if bias is not None:
-        y = y + bias.reshape((1, -1) + (1,) * n_spatial)
+        y = y + (bias if channels_last else bias.reshape((1, -1) + (1,) * n_spatial))
     return y
 
 
@@ -86,6 +90,7 @@ def _transposed(
     dilation: Sequence[int],
     output_padding: Sequence[int],
     groups: int,
+    numbers: tuple[str, str, str],
 ) -> jax.Array:
     """torch's transposed convolution of `x` `(N, C_in, *spatial)`, without bias.
 
@@ -108,6 +113,6 @@ def _transposed(
         padding=pads,
         lhs_dilation=tuple(stride),
         rhs_dilation=tuple(dilation),
-        dimension_numbers=_dimension_numbers(len(kernel)),
+        dimension_numbers=numbers,
         feature_group_count=groups,
     )

@@ -16,6 +16,9 @@ LoweringFn = Callable[..., Any]
 
 _LOWERINGS: dict[str, LoweringFn] = {}
 
+# Optional second lowerings that take and give channels-last values; see `layout.py`.
+_CHANNELS_LAST: dict[str, Callable[..., Any]] = {}
+
 
 def register(*ops: str) -> Callable[[LoweringFn], LoweringFn]:
     """Register `fn` as the lowering of each ATen op in `ops`.
@@ -45,3 +48,27 @@ def lookup(op: str) -> LoweringFn | None:
 def supported_ops() -> list[str]:
     """Every ATen op name with a registered lowering, sorted."""
     return sorted(_LOWERINGS)
+
+
+def register_channels_last(*ops: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `rule(lowering, *args, **kwargs)` as the channels-last form of each op in `ops`.
+
+    The rule receives the op's plain lowering and its arguments, some of which
+    may be `ChannelsLast` values; it returns the result (channels-last or
+    plain) or `NotImplemented` to have the interpreter fall back to the plain
+    lowering on channels-first arguments.
+    """
+
+    def decorate(rule: Callable[..., Any]) -> Callable[..., Any]:
+        for op in ops:
+            if op in _CHANNELS_LAST:
+                raise ValueError(f"ATen op {op!r} already has a channels-last rule")
+            _CHANNELS_LAST[op] = rule
+        return rule
+
+    return decorate
+
+
+def channels_last_rule(op: str) -> Callable[..., Any] | None:
+    """The channels-last rule registered for `op`, or `None`."""
+    return _CHANNELS_LAST.get(op)

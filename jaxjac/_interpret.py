@@ -12,6 +12,12 @@ import jax.numpy as jnp
 from . import converters
 from ._errors import UnsupportedOpError
 from ._graph import DType, Graph, Ref
+from .converters.layout import contains_channels_last, to_logical
+from .converters.registry import channels_last_rule
+
+LAYOUTS = ("channels-last", "channels-first")
+# Measured on XLA CPU (bench/layout_probe.py): see converters/layout.py.
+DEFAULT_LAYOUT = "channels-last"
 
 _INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8"}
 
@@ -46,6 +52,7 @@ def run_graph(
     tensors: Mapping[str, jax.Array],
     x: jax.Array,
     float_dtype: jnp.dtype,
+    layout: str = DEFAULT_LAYOUT,
 ) -> tuple[jax.Array, ...]:
     """Evaluate `graph` on input `x`.
 
@@ -55,8 +62,11 @@ def run_graph(
     - `tensors`: the model's parameters and buffers by dotted torch name.
     - `x`: the input with the batch axis the graph was traced with, `(1, *sample_shape)`.
     - `float_dtype`: the float dtype the model computes in.
+    - `layout`: ``"channels-last"`` carries convolution stacks with channels
+      last, which XLA runs faster; ``"channels-first"`` runs every op in
+      torch's layout. Both give the same numbers.
 
-    **Returns:** the graph's outputs, in order.
+    **Returns:** the graph's outputs, in order, in torch's layout.
     """
     env: dict[str, Any] = {}
 
@@ -79,5 +89,18 @@ def run_graph(
             raise UnsupportedOpError(node.op, node.where())
         args = [value(a) for a in node.args]
         kwargs = {k: value(v) for k, v in node.kwargs}
-        env[node.name] = fn(*args, **kwargs)
-    return tuple(value(ref) for ref in graph.outputs)
+        if layout == "channels-last" and fn is not operator.getitem:
+            env[node.name] = _call_channels_last(node.op, fn, args, kwargs)
+        else:
+            env[node.name] = fn(*args, **kwargs)
+    return tuple(to_logical(value(ref)) for ref in graph.outputs)
+
+
+def _call_channels_last(op: str, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run one op on possibly channels-last arguments: its rule if it has one, else in torch's layout."""
+    rule = channels_last_rule(op)
+    if rule is not None and (op == "aten.convolution.default" or contains_channels_last((*args, *kwargs.values()))):
+        result = rule(fn, *args, **kwargs)
+        if result is not NotImplemented:
+            return result
+    return fn(*[to_logical(a) for a in args], **{k: to_logical(v) for k, v in kwargs.items()})
