@@ -8,6 +8,18 @@
 
 from __future__ import annotations
 
+import os as _os
+
+# The lowering rules live in the top-level `converters/` folder, which the
+# wheel installs as `jaxjac.converters`. Run from a source checkout (say
+# `python -m bench` in the repository root) the package would not find them:
+# there, look for the folder beside the package too.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "converters")) and _os.path.isfile(
+    _os.path.join(_checkout, "converters", "registry.py")
+):
+    __path__.append(_checkout)
+
 from ._artifact import load as load
 from ._artifact import save as save
 from ._errors import ConversionCheckError as ConversionCheckError

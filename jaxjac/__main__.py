@@ -1,0 +1,5 @@
+"""`python -m jaxjac ...` runs the `jaxjac` command."""
+
+from jaxjac.cli import main
+
+raise SystemExit(main())
