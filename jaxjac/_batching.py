@@ -1,0 +1,78 @@
+"""Choosing the batch size, and the persistent compilation cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._errors import JaxjacError
+from ._jacobian import batch_jacobian_core
+from ._model import ConvertedModel
+
+CPU_DEFAULT_BATCH = 256
+_PROBE = 16  # per-device batch of the probe compilation
+_IN_FLIGHT = 4  # result buffers alive per device: the queue, the one computing, the one copying
+_MAX_BATCH = 1 << 16
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/jaxjac/xla`, by default `~/.cache/jaxjac/xla`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxjac" / "xla"
+
+
+def enable_compile_cache(directory: str | os.PathLike | None) -> None:
+    """Cache compiled programs in `directory` (None: no cache), however quick they were to compile."""
+    if directory is None:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def round_to_devices(batch_size: int, devices: int) -> int:
+    """The smallest multiple of `devices` that is at least `batch_size`."""
+    if batch_size < 1:
+        raise JaxjacError(f"--batch-size must be a positive integer or 'auto'; got {batch_size}")
+    return -(-batch_size // devices) * devices
+
+
+def auto_batch_size(
+    model: ConvertedModel, *, target: Any, output: str, method: str, precision: str, n_rows: int
+) -> int:
+    """The largest power of two per device that fits memory, times the device count.
+
+    The per-sample cost comes from XLA's memory analysis of a probe compilation
+    (temporaries plus input and output buffers, the outputs counted once per
+    result in flight). The budget is 70% of the device's `bytes_limit`; on CPU,
+    where there is no such limit, a quarter of the available RAM, capped at 4096
+    per device, since larger CPU batches are no faster.
+    """
+    core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
+    labels = isinstance(target, np.ndarray)
+    x = jax.ShapeDtypeStruct((_PROBE, *model.sample_shape), model.dtype)
+    lab = jax.ShapeDtypeStruct((_PROBE,), np.int32) if labels else None
+
+    def fn(t, x, lab):
+        return core(t, x, lab)
+
+    stats = jax.jit(fn).lower(tensors, x, lab).compile().memory_analysis()
+    tensor_bytes = sum(np.asarray(v).nbytes for v in tensors.values())
+    out_bytes = stats.output_size_in_bytes if stats else 0
+    per_sample = max((stats.temp_size_in_bytes + stats.argument_size_in_bytes - tensor_bytes) if stats else 0, 0)
+    per_sample = (per_sample + out_bytes * _IN_FLIGHT) / _PROBE or 1.0
+    devices = jax.local_devices()
+    limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+    if limit:
+        budget, cap = 0.7 * limit - tensor_bytes, _MAX_BATCH
+    else:
+        budget, cap = 0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / len(devices), 4096
+    per_device = max(int(budget // per_sample), 1)
+    need = -(-max(n_rows, 1) // jax.device_count())
+    per_device = min(per_device, cap, 1 << max(need - 1, 0).bit_length())
+    return (1 << (per_device.bit_length() - 1)) * jax.device_count()

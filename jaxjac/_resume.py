@@ -1,0 +1,80 @@
+"""The progress sidecar `OUT.progress.json`: what an interrupted run finished, and for which inputs.
+
+The sidecar is rewritten atomically (temporary file, fsync, rename) and only
+after the writer has flushed the rows it records, so after any crash,
+SIGKILL included, every row below `completed_rows` is on disk. Its
+`fingerprint` pins the model file, the data and every argument that changes
+the numbers; `--resume` refuses a run whose fingerprint differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from ._errors import JaxjacError
+
+FORMAT = "jaxjac-progress"
+VERSION = 1
+
+
+def sidecar_path(out: Path) -> Path:
+    """`J.npy` -> `J.npy.progress.json`."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.progress.json")
+
+
+def write_progress(path: Path, *, fingerprint: dict[str, Any], completed_rows: int, **extra: Any) -> None:
+    """Atomically replace the sidecar at `path` with the given state."""
+    path = Path(path)
+    state = {"format": FORMAT, "version": VERSION, "completed_rows": int(completed_rows), **extra}
+    state["fingerprint"] = fingerprint
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def read_progress(path: Path) -> dict[str, Any]:
+    """The sidecar's state; a one-line `JaxjacError` if it is not a jaxjac progress file."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise JaxjacError(f"{path}: cannot read the progress file ({error}); pass --force to start over") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
+        raise JaxjacError(f"{path} is not a jaxjac progress file; pass --force to start over")
+    if state.get("version") != VERSION:
+        raise JaxjacError(f"{path} has progress format version {state.get('version')!r}; this jaxjac reads {VERSION}")
+    return state
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], sidecar: Path) -> None:
+    """Refuse to resume when any fingerprint field differs, naming the first one."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise JaxjacError(
+                f"cannot --resume: {sidecar} was written for {key}={saved.get(key)!r}, this run has "
+                f"{key}={current.get(key)!r}; rerun with the original arguments, or pass --force to start over"
+            )
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,357 @@
+"""The streaming Jacobian engine: a reader in, fixed-size sharded batches, a writer out.
+
+Three threads overlap the work. A reader thread reads and pads the next
+batches into a bounded queue; the main thread puts each batch on the devices
+and dispatches the one compiled program (asynchronously, and starts its
+device-to-host copy at once); a writer thread waits for each result in order,
+writes its rows and, at most every `checkpoint_seconds`, flushes the writer
+and reports the completed-row watermark. Batches have one fixed size, the
+last one zero-padded, so there is exactly one compilation.
+
+`run_jacobian` is the library entry point; `jaxjac jacobian` is a thin face on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _distributed as dist
+from ._errors import JaxjacError
+from ._jacobian import batch_jacobian_core
+from ._model import ConvertedModel
+
+# Test-only: seconds to sleep before dispatching each batch, so that tests can
+# interrupt a run reliably. Not a user setting.
+_TEST_DELAY_ENV = "JAXJAC_TEST_BATCH_DELAY"
+_END = object()
+FIRST_BAD_ROWS = 10
+
+
+@dataclass
+class RunResult:
+    """What `run_jacobian` did, for this process."""
+
+    completed_rows: int  # rows of this process's slice on disk (the watermark)
+    slice_rows: int  # rows this process owns
+    computed_rows: int  # rows computed by this call (a resumed run skips the rest)
+    seconds: float  # wall time of the streaming loop, compilation excluded
+    compile_seconds: float
+    batch_size: int  # global batch size (all devices, all processes)
+    devices: int
+    processes: int
+    nonfinite_count: int = 0
+    nonfinite_first: list[int] = field(default_factory=list)  # absolute row indices
+    interrupted: bool = False
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.computed_rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def output_shape(model: ConvertedModel, n: int, target: Any) -> tuple[int, ...]:
+    """The output array shape for `n` samples: `(n, K, *sample)` for ``"all"``, else `(n, *sample)`."""
+    if isinstance(target, str) and target == "all":
+        return (n, model.n_outputs, *model.sample_shape)
+    return (n, *model.sample_shape)
+
+
+def check_labels(labels: np.ndarray, n: int, n_outputs: int, name: str = "labels") -> np.ndarray:
+    """Validate a label vector: integers, one per sample, each a valid class."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise JaxjacError(f"{name}: expected a 1-D integer array of class labels; got {labels.dtype} {labels.shape}")
+    if labels.shape[0] != n:
+        raise JaxjacError(f"{name} holds {labels.shape[0]} labels; the data holds {n} samples: expected one per sample")
+    if n and (labels.min() < 0 or labels.max() >= n_outputs):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= n_outputs))[0])
+        raise JaxjacError(
+            f"{name}[{bad}] = {int(labels[bad])} is not a class of a model with {n_outputs} outputs (0..{n_outputs - 1})"
+        )
+    return labels
+
+
+def run_jacobian(
+    model: ConvertedModel,
+    reader: Any,
+    writer: Any,
+    *,
+    target: str | int = "all",
+    labels: np.ndarray | None = None,
+    output: str = "logits",
+    dtype: Any = None,
+    method: str = "vmap-jacrev",
+    precision: str = "float32",
+    batch_size: int = 256,
+    start_row: int = 0,
+    stop_event: threading.Event | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+    checkpoint_seconds: float = 2.0,
+    prefetch: int = 2,
+) -> RunResult:
+    """Stream the Jacobians of every row of `reader` into `writer`.
+
+    **Arguments:**
+
+    - `model`: a converted model.
+    - `reader`: `n_samples`, `sample_shape`, `read(start, stop)` -> `(stop - start, *sample_shape)`.
+    - `writer`: `write(start, rows)` and `flush()`, indexed from this process's first row
+      (`dist.process_rows(n, process, processes)`); shape `output_shape(model, rows, target)`.
+    - `target`: ``"all"``, ``"predicted"`` or a class index; `labels` (`(N,)` ints) overrides it.
+    - `output`, `method`, `precision`: as for `jaxjac.jacobian`.
+    - `dtype`: the written dtype (default the model's); the cast happens on the device.
+    - `batch_size`: samples per compiled call over all devices of all processes; a
+      multiple of the device count.
+    - `start_row`: rows of this process's slice already written (a resume watermark,
+      a multiple of the per-process batch); the batch boundaries do not move.
+    - `stop_event`: set it (e.g. from a signal handler) to stop taking new batches;
+      batches in flight are finished and written.
+    - `on_checkpoint(completed_rows)`: called after each flush of the writer.
+    - `on_rows(n)`: called as rows are written (progress bars).
+
+    **Returns:** a `RunResult`. Rows whose input holds NaN or Inf are written as NaN
+    and counted; every other row equals `jaxjac.jacobian(model, X, batch_size=batch_size)`.
+    """
+    mesh = dist.batch_mesh()
+    devices, processes, process = mesh.devices.size, jax.process_count(), jax.process_index()
+    if batch_size < 1 or batch_size % devices:
+        raise JaxjacError(f"batch_size must be a positive multiple of the device count {devices}; got {batch_size}")
+    local_batch = batch_size // processes
+    n = reader.n_samples
+    row0, row1 = dist.process_rows(n, process, processes)
+    if labels is not None:
+        labels = check_labels(labels, n, model.n_outputs)
+    if start_row % local_batch and start_row != row1 - row0:
+        raise JaxjacError(f"start_row {start_row} is not on a batch boundary of size {local_batch}")
+    compiled, tensors, compile_seconds = _compile(
+        model, mesh, target, labels, output, dtype, method, precision, batch_size
+    )
+    steps = math.ceil(dist.process_rows(n, 0, processes)[1] / local_batch)  # the same for every process
+    first_step = min(dist.all_processes(start_row // local_batch))
+    stop_event = stop_event or threading.Event()
+    pipeline = _Pipeline(reader, writer, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint)
+    pipeline.start(first_step, steps, checkpoint_seconds, prefetch)
+    x_sharding = dist.batch_sharding(mesh)
+    delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
+    t0 = time.perf_counter()
+    failed = True
+    try:
+        while not stop_event.is_set():
+            item = pipeline.next_batch()
+            if item is _END:
+                break
+            if delay:
+                time.sleep(delay)
+            x = jax.make_array_from_process_local_data(x_sharding, item.x, (batch_size, *item.x.shape[1:]))
+            args = [tensors, x]
+            if labels is not None:
+                args.append(jax.make_array_from_process_local_data(x_sharding, item.labels, (batch_size,)))
+            y = compiled(*args)
+            y.copy_to_host_async()  # device-to-host copy of this batch overlaps the next one's compute
+            pipeline.submit(item, y)
+        failed = False
+    finally:
+        pipeline.finish(failed)
+    seconds = time.perf_counter() - t0
+    return RunResult(
+        completed_rows=pipeline.completed,
+        slice_rows=row1 - row0,
+        computed_rows=pipeline.computed,
+        seconds=seconds,
+        compile_seconds=compile_seconds,
+        batch_size=batch_size,
+        devices=devices,
+        processes=processes,
+        nonfinite_count=pipeline.nonfinite_count,
+        nonfinite_first=pipeline.nonfinite_first,
+        interrupted=stop_event.is_set() and pipeline.completed < row1 - row0,
+    )
+
+
+def _compile(model, mesh, target, labels, output, dtype, method, precision, batch_size):
+    """Lower and compile the sharded core once; returns `(compiled, device tensors, seconds)`."""
+    t0 = time.perf_counter()
+    core, tensors = batch_jacobian_core(
+        model,
+        target=target if labels is None else labels[:0],
+        output=output,
+        method=method,
+        precision=precision,
+    )
+    out_dtype = jnp.dtype(dtype or model.dtype)
+    rep, shard = dist.replicated(mesh), dist.batch_sharding(mesh)
+    tensors = {k: _replicate(np.asarray(v), rep) for k, v in tensors.items()}
+    x_spec = jax.ShapeDtypeStruct((batch_size, *model.sample_shape), model.dtype, sharding=shard)
+    t_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rep) for k, v in tensors.items()}
+    if labels is None:
+
+        def fn(t, x):
+            return core(t, x, None).astype(out_dtype)
+
+        specs = (t_spec, x_spec)
+    else:
+
+        def fn(t, x, lab):
+            return core(t, x, lab).astype(out_dtype)
+
+        specs = (t_spec, x_spec, jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=shard))
+    # The input shardings come from the specs: x and labels split over "batch", tensors replicated.
+    compiled = jax.jit(fn, out_shardings=shard).lower(*specs).compile()
+    return compiled, tensors, time.perf_counter() - t0
+
+
+def _replicate(value: np.ndarray, sharding) -> jax.Array:
+    """The same host array on every device of every process."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+@dataclass
+class _Batch:
+    step: int
+    start: int  # absolute rows [start, stop) of the data; stop <= start for a pure-padding batch
+    stop: int
+    x: np.ndarray
+    labels: np.ndarray | None
+    bad: np.ndarray  # batch-relative indices of rows with NaN/Inf inputs
+
+
+class _Pipeline:
+    """The reader thread, the writer thread and their bounded queues."""
+
+    def __init__(self, reader, writer, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint):
+        self.reader, self.writer, self.labels = reader, writer, labels
+        self.sample_shape, self.dtype = model.sample_shape, model.dtype
+        self.row0, self.row1, self.local_batch = row0, row1, local_batch
+        self.stop_event, self.on_rows, self.on_checkpoint = stop_event, on_rows, on_checkpoint
+        self.completed = 0
+        self.computed = 0
+        self.nonfinite_count = 0
+        self.nonfinite_first: list[int] = []
+        self.error: BaseException | None = None
+        self.halt = threading.Event()  # set on errors and when the main loop gives up: the reader stops
+
+    def start(self, first_step: int, steps: int, checkpoint_seconds: float, prefetch: int) -> None:
+        self.completed = min(first_step * self.local_batch, self.row1 - self.row0)
+        self.inbox: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        self.outbox: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        self.threads = [
+            threading.Thread(target=self._guard, args=(self._read, first_step, steps), daemon=True),
+            threading.Thread(target=self._guard, args=(self._write, checkpoint_seconds), daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as error:  # surfaced in the main thread
+            self.error = self.error or error
+            self.halt.set()
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while True:
+            if self.error is not None or (q is self.inbox and (self.stop_event.is_set() or self.halt.is_set())):
+                return False
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+
+    def _read(self, first_step: int, steps: int) -> None:
+        for step in range(first_step, steps):
+            start = self.row0 + step * self.local_batch
+            stop = min(start + self.local_batch, self.row1)
+            x = np.zeros((self.local_batch, *self.sample_shape), self.dtype)
+            bad = np.zeros(0, np.int64)
+            if stop > start:
+                x[: stop - start] = self.reader.read(start, stop)
+                bad = np.flatnonzero(~np.isfinite(x.reshape(self.local_batch, -1)).all(axis=1))
+                x[bad] = 0  # NaN/Inf rows compute on zeros; their output rows become NaN
+            labels = None
+            if self.labels is not None:
+                labels = np.zeros(self.local_batch, self.labels.dtype)
+                labels[: max(stop - start, 0)] = self.labels[start:stop]
+            if not self._put(self.inbox, _Batch(step, start, stop, x, labels, bad)):
+                return
+        self._put(self.inbox, _END)
+
+    def next_batch(self):
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                return self.inbox.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop_event.is_set() or self.halt.is_set():
+                    return _END
+
+    def submit(self, item: _Batch, y: jax.Array) -> None:
+        if not self._put(self.outbox, (item, y)) and self.error is not None:
+            raise self.error
+
+    def _write(self, checkpoint_seconds: float) -> None:
+        last = time.monotonic()
+        while True:
+            entry = self.outbox.get()
+            if entry is _END:
+                break
+            item, y = entry
+            count = item.stop - item.start
+            if count <= 0:
+                continue
+            rows = _local_rows(y)[:count]
+            if item.bad.size:
+                rows = np.array(rows)
+                rows[item.bad] = np.nan
+                self.nonfinite_count += item.bad.size
+                room = FIRST_BAD_ROWS - len(self.nonfinite_first)
+                self.nonfinite_first += [int(item.start + i) for i in item.bad[:room]]
+            self.writer.write(item.start - self.row0, rows)
+            self.completed = item.stop - self.row0
+            self.computed += count
+            if self.on_rows:
+                self.on_rows(count)
+            if time.monotonic() - last >= checkpoint_seconds:
+                self._checkpoint()
+                last = time.monotonic()
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self.writer.flush()  # durable first, then recorded
+        if self.on_checkpoint:
+            self.on_checkpoint(self.completed)
+
+    def finish(self, failed: bool) -> None:
+        """Stop reading, let the writer drain what was dispatched, and join both threads."""
+        self.halt.set()
+        writer_thread = self.threads[1]
+        while writer_thread.is_alive():
+            try:
+                self.outbox.put(_END, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        writer_thread.join()
+        self.threads[0].join()
+        if self.error is not None and not failed:
+            raise self.error
+
+
+def _local_rows(y: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded result, in order."""
+    if jax.process_count() == 1:
+        return np.asarray(y)
+    shards = sorted(y.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])

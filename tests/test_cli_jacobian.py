@@ -1,0 +1,136 @@
+"""`jaxjac jacobian`: outputs, --labels, --json, refusals with one-line errors, and no torch needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_run import N_CLASSES, SAMPLE_SHAPE, make_artifact, make_data
+
+import jaxjac
+from jaxjac.cli import main
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return ["--compile-cache", str(tmp_path / "xla")]
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("jaxjac: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_help_teaches_with_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["jacobian", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("examples:", "--target predicted", "--resume", "OUT.progress.json", "--num-processes", "NaN"):
+        assert text in out
+
+
+def test_writes_jacobians_with_json_summary(artifact, tmp_path, capsys, cache):
+    x = make_data(tmp_path / "X.npy", 19)
+    out = tmp_path / "J.npy"
+    code = main(["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), "--batch-size", "8", "--json", *cache])
+    assert code == 0
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)
+    assert info["status"] == "complete" and info["rows"] == 19 and info["devices"] == 1 and info["batch_size"] == 8
+    assert "computed 19 rows" in captured.err and str(out) in captured.err
+    np.testing.assert_array_equal(np.load(out), jaxjac.jacobian(jaxjac.load(artifact), x, batch_size=8))
+    assert not (tmp_path / "J.npy.progress.json").exists() and not (tmp_path / "J.npy.partial").exists()
+
+
+def test_labels_and_log_probs(artifact, tmp_path, cache):
+    x = make_data(tmp_path / "X.npy", 10)
+    y = np.arange(10) % N_CLASSES
+    np.save(tmp_path / "y.npy", y)
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "S.npy"), "--labels"]
+    argv += [str(tmp_path / "y.npy"), "--output", "log-probs", "--batch-size", "4", "--quiet", *cache]
+    assert main(argv) == 0
+    expected = jaxjac.jacobian(jaxjac.load(artifact), x, target=y, output="log_probs", batch_size=4)
+    np.testing.assert_array_equal(np.load(tmp_path / "S.npy"), expected)
+
+
+def test_nan_rows_are_reported(artifact, tmp_path, capsys, cache):
+    x = make_data(tmp_path / "X.npy", 12)
+    x[[2, 9]] = np.nan
+    np.save(tmp_path / "X.npy", x)
+    assert main(["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), *cache]) == 0
+    assert "2 rows had NaN/Inf inputs (rows 2, 9): their output rows are NaN" in capsys.readouterr().err
+    assert np.isnan(np.load(tmp_path / "J.npy")[[2, 9]]).all()
+
+
+def test_refuses_to_overwrite_and_force_replaces(artifact, tmp_path, capsys, cache):
+    make_data(tmp_path / "X.npy", 5)
+    out = tmp_path / "J.npy"
+    out.write_bytes(b"precious")
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), *cache]
+    assert main(argv) == 2
+    assert "J.npy already exists; pass --force to overwrite it" in one_error_line(capsys.readouterr().err)
+    assert out.read_bytes() == b"precious"
+    assert main([*argv, "--resume"]) == 2
+    assert "is a finished output" in one_error_line(capsys.readouterr().err)
+    assert main([*argv, "--force"]) == 0
+    assert np.load(out).shape == (5, N_CLASSES, *SAMPLE_SHAPE)
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        ("not-artifact", [], r"is not a jaxjac artifact"),
+        ("short-labels", ["--labels", "{tmp}/y.npy"], r"holds 3 labels; the data holds 6 samples"),
+        ("wrong-shape", [], r"DATA .*X\.npy"),
+        ("bad-target", ["--target", "7"], r"target class 7 is out of range for a model with 3 outputs"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_files(artifact, tmp_path, capsys, cache, setup, extra, message):
+    make_data(tmp_path / "X.npy", 6)
+    model = artifact
+    if setup == "not-artifact":
+        model = str(tmp_path / "fake.jaxjac")
+        (tmp_path / "fake.jaxjac").write_bytes(b"not a model, just some bytes")
+    if setup == "short-labels":
+        np.save(tmp_path / "y.npy", np.array([0, 1, 2]))
+    if setup == "wrong-shape":
+        np.save(tmp_path / "X.npy", np.zeros((6, 2, 7), np.float32))
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    out = tmp_path / "J.npy"
+    assert main(["jacobian", model, str(tmp_path / "X.npy"), "-o", str(out), *extra, *cache]) == 2
+    assert re.search(message, one_error_line(capsys.readouterr().err))
+    assert not out.exists() and not (tmp_path / "J.npy.partial").exists()
+
+
+def test_runs_without_torch(artifact, tmp_path):
+    x = make_data(tmp_path / "X.npy", 9)
+    out = tmp_path / "S.npy"
+    argv = [artifact, str(tmp_path / "X.npy"), "-o", str(out), "--target", "predicted", "--batch-size", "4"]
+    argv += ["--compile-cache", str(tmp_path / "xla")]
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from jaxjac.cli import main\n"
+        f"code = main(['jacobian', *{argv!r}])\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch was imported'\n"
+        "raise SystemExit(code)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = jaxjac.jacobian(jaxjac.load(artifact), x, target="predicted", batch_size=4)
+    np.testing.assert_array_equal(np.load(out), expected)

@@ -1,0 +1,84 @@
+"""Several devices and several processes give the same bits as one device in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_run import make_artifact, make_data
+
+import jaxjac
+from jaxjac._distributed import process_rows, read_sharded, shard_path
+
+RUN = "from jaxjac.cli import main; raise SystemExit(main())"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("model"))
+
+
+def env(tmp_path, **extra) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XDG_CACHE_HOME": str(tmp_path / "cache"), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_process_rows_split_contiguously():
+    assert [process_rows(37, p, 2) for p in range(2)] == [(0, 19), (19, 37)]
+    assert [process_rows(2, p, 3) for p in range(3)] == [(0, 1), (1, 2), (2, 2)]
+    assert shard_path("out/J.npy", 1, 4).name == "J.00001-of-00004.npy"
+
+
+def test_four_host_devices_match_one_device(artifact, tmp_path):
+    x = make_data(tmp_path / "X.npy", 37)
+    out = tmp_path / "J.npy"
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), "--batch-size", "14", "--json"]
+    four = env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, *argv], env=four, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["devices"] == 4 and info["batch_size"] == 16  # rounded up to a multiple of the devices
+    assert "rounded up to 16" in proc.stderr
+    np.testing.assert_array_equal(np.load(out), jaxjac.jacobian(jaxjac.load(artifact), x, batch_size=16))
+
+
+def test_two_processes_write_shards_equal_to_one_process(artifact, tmp_path):
+    x = make_data(tmp_path / "X.npy", 37)
+    out = tmp_path / "J.npy"
+    port = free_port()
+    procs = []
+    for pid in range(2):
+        argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), "--batch-size", "8", "--json"]
+        argv += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(pid)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RUN, *argv],
+                env=env(tmp_path),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = [p.communicate(timeout=180) for p in procs]
+    for p, (_, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr
+    infos = [json.loads(stdout) for stdout, _ in results]
+    assert [i["rows"] for i in infos] == [19, 18] and all(i["devices"] == 2 for i in infos)
+    assert infos[0]["index"] == str(tmp_path / "J.npy.index.json")
+    assert not out.exists()
+    assert (tmp_path / "J.00000-of-00002.npy").exists() and (tmp_path / "J.00001-of-00002.npy").exists()
+    expected = jaxjac.jacobian(jaxjac.load(artifact), x, batch_size=4)
+    np.testing.assert_array_equal(read_sharded(tmp_path / "J.npy.index.json"), expected)

@@ -1,0 +1,174 @@
+"""The streaming engine `run_jacobian`: exact equality with `jaxjac.jacobian`, padding, labels, NaN rows."""
+
+from __future__ import annotations
+
+import threading
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import jaxjac
+from jaxjac._data import create_writer, open_reader
+from jaxjac._errors import JaxjacError
+from jaxjac._run import check_labels, output_shape, run_jacobian
+
+SAMPLE_SHAPE = (1, 32)
+N_CLASSES = 3
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def make_artifact(directory) -> str:
+    """A tiny torch Conv1d net, converted and saved; returns the artifact's path."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 4, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv1d(4, 4, 3, stride=2, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 16, N_CLASSES),
+    ).eval()
+    model = jaxjac.convert(net, torch.randn(2, *SAMPLE_SHAPE), n_probes=2)
+    path = str(directory / "net.jaxjac")
+    jaxjac.save(model, path)
+    return path
+
+
+def make_data(path, n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, *SAMPLE_SHAPE)).astype(np.float32)
+    np.save(path, x)
+    return x
+
+
+def read_output(path) -> np.ndarray:
+    path = str(path)
+    if path.endswith(".zarr"):
+        import zarr
+
+        z = zarr.open_array(path, mode="r")
+        data = z[:]
+        return data.view(ml_dtypes.bfloat16) if z.attrs.get("jaxjac_dtype") == "bfloat16" else data
+    return np.load(path)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def model(artifact):
+    return jaxjac.load(artifact)
+
+
+def stream(model, data_path, out_path, *, dtype="float32", batch_size=8, labels=None, **kwargs):
+    reader = open_reader(data_path, sample_shape=model.sample_shape, dtype=model.dtype)
+    target = kwargs.get("target", "all") if labels is None else "labels"
+    shape = output_shape(model, reader.n_samples, target)
+    writer = create_writer(out_path, shape=shape, dtype=dtype, overwrite=False)
+    result = run_jacobian(model, reader, writer, dtype=dtype, batch_size=batch_size, labels=labels, **kwargs)
+    writer.close()
+    reader.close()
+    return result, read_output(out_path)
+
+
+@pytest.mark.parametrize(
+    ("target", "output", "dtype", "suffix"),
+    [
+        ("all", "logits", "float32", ".npy"),
+        ("predicted", "probs", "float32", ".npy"),
+        (1, "log_probs", "float16", ".npy"),
+        ("all", "probs", "bfloat16", ".zarr"),
+    ],
+)
+def test_stream_equals_jacobian_exactly(model, tmp_path, target, output, dtype, suffix):
+    x = make_data(tmp_path / "X.npy", 37)  # 37 = 4 batches of 8 + a padded one
+    result, actual = stream(
+        model, tmp_path / "X.npy", tmp_path / f"J{suffix}", dtype=dtype, target=target, output=output
+    )
+    expected = jaxjac.jacobian(model, x, target=target, output=output, batch_size=8)
+    np.testing.assert_array_equal(actual, expected.astype(NUMPY_DTYPES[dtype]))
+    assert actual.dtype == NUMPY_DTYPES[dtype]
+    assert (result.completed_rows, result.computed_rows, result.batch_size) == (37, 37, 8)
+    assert not result.interrupted and result.nonfinite_count == 0
+
+
+def test_labels_target_differentiates_each_rows_label(model, tmp_path):
+    x = make_data(tmp_path / "X.npy", 21)
+    labels = np.random.default_rng(1).integers(0, N_CLASSES, 21)
+    _, actual = stream(model, tmp_path / "X.npy", tmp_path / "S.npy", labels=labels, batch_size=4)
+    np.testing.assert_array_equal(actual, jaxjac.jacobian(model, x, target=labels, batch_size=4))
+
+
+def test_nonfinite_rows_are_nan_and_reported_and_others_exact(model, tmp_path):
+    x = np.random.default_rng(2).standard_normal((30, *SAMPLE_SHAPE)).astype(np.float32)
+    bad = [3, 4, 17, 29]
+    x[3, 0, 5], x[4, 0, 0], x[17, 0, 31], x[29, 0, 2] = np.nan, np.inf, -np.inf, np.nan
+    np.save(tmp_path / "X.npy", x)
+    result, actual = stream(model, tmp_path / "X.npy", tmp_path / "J.npy")
+    assert result.nonfinite_count == 4 and result.nonfinite_first == bad
+    assert np.isnan(actual[bad]).all()
+    clean = x.copy()
+    clean[bad] = 0
+    good = np.setdiff1d(np.arange(30), bad)
+    expected = jaxjac.jacobian(model, clean, batch_size=8)
+    np.testing.assert_array_equal(actual[good], expected[good])
+
+
+def test_start_row_resumes_on_the_same_batch_boundaries(model, tmp_path):
+    x = make_data(tmp_path / "X.npy", 29)
+    reader = open_reader(tmp_path / "X.npy", sample_shape=model.sample_shape, dtype=model.dtype)
+    writer = create_writer(tmp_path / "J.npy", shape=(29, N_CLASSES, *SAMPLE_SHAPE), dtype="float32", overwrite=False)
+    seen = []
+    result = run_jacobian(model, reader, writer, batch_size=8, start_row=16, on_checkpoint=seen.append)
+    writer.close()
+    assert result.computed_rows == 13 and seen[-1] == 29
+    actual = np.load(tmp_path / "J.npy")
+    np.testing.assert_array_equal(actual[16:], jaxjac.jacobian(model, x, batch_size=8)[16:])
+    assert not actual[:16].any()  # rows below the watermark are not touched
+
+
+def test_stop_event_finishes_in_flight_and_records_the_watermark(model, tmp_path):
+    make_data(tmp_path / "X.npy", 64)
+    stop = threading.Event()
+    seen = []
+
+    def rows_done(n):
+        stop.set()  # ask to stop as soon as the first batch is written
+
+    reader = open_reader(tmp_path / "X.npy", sample_shape=model.sample_shape, dtype=model.dtype)
+    writer = create_writer(tmp_path / "J.npy", shape=(64, N_CLASSES, *SAMPLE_SHAPE), dtype="float32", overwrite=False)
+    result = run_jacobian(
+        model, reader, writer, batch_size=4, stop_event=stop, on_rows=rows_done, on_checkpoint=seen.append
+    )
+    writer.close(complete=False)
+    assert result.interrupted
+    assert 4 <= result.completed_rows < 64 and result.completed_rows % 4 == 0
+    assert seen[-1] == result.completed_rows
+
+
+def test_check_labels_errors_name_the_problem():
+    with pytest.raises(JaxjacError, match=r"holds 3 labels; the data holds 4 samples"):
+        check_labels(np.array([0, 1, 2]), 4, 3)
+    with pytest.raises(JaxjacError, match=r"labels\[1\] = 7 is not a class of a model with 3 outputs"):
+        check_labels(np.array([0, 7, 1]), 3, 3)
+    with pytest.raises(JaxjacError, match=r"expected a 1-D integer array"):
+        check_labels(np.array([0.0, 1.0]), 2, 3)
+
+
+def test_batch_size_must_split_over_devices(model, tmp_path):
+    make_data(tmp_path / "X.npy", 4)
+    reader = open_reader(tmp_path / "X.npy", sample_shape=model.sample_shape, dtype=model.dtype)
+    with pytest.raises(JaxjacError, match=r"batch_size must be a positive multiple of the device count 1; got 0"):
+        run_jacobian(model, reader, None, batch_size=0)
+
+
+def test_auto_batch_size_is_a_power_of_two_capped_by_the_data(model):
+    from jaxjac._batching import auto_batch_size
+
+    size = auto_batch_size(model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=37)
+    assert size == 64
+    big = auto_batch_size(model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7)
+    assert big & (big - 1) == 0 and 64 <= big <= 4096
