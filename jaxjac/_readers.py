@@ -119,7 +119,7 @@ def open_reader(
     try:
         notes = list(source.notes)
         notes += _check_dtype(source.dtype, np.dtype(dtype), where)
-        notes += _match_shape(source.shape, tuple(sample_shape), where, cube)
+        notes += match_sample_shape(source.shape, tuple(sample_shape), where, cube)
         reader = Reader(path, source, sample_shape=sample_shape, dtype=dtype, cube=cube, notes=notes)
         if reader.n_samples:  # surface corrupt data now rather than hours into a run
             reader.read(0, 1)
@@ -187,7 +187,12 @@ def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def _match_shape(shape: tuple[int, ...], sample_shape: tuple[int, ...], where: str, cube: bool) -> list[str]:
+def match_sample_shape(shape: tuple[int, ...], sample_shape: tuple[int, ...], where: str, cube: bool) -> list[str]:
+    """Check that data of array shape `shape` holds samples of `sample_shape`, up to size-1 axes.
+
+    **Returns:** notes on any reshaping needed. Raises `JaxjacError` naming
+    `where`, both shapes, and `--cube` when that would fit.
+    """
     if cube:
         if len(shape) != 3:
             raise JaxjacError(f"{where} holds an array of shape {shape}; a cube must be (H, W, bands)")

@@ -92,6 +92,16 @@ def test_input_shape_from_check_data(ckpts, workdir, tmp_path, capsys):
     assert "passed on 3 probes" in capsys.readouterr().out
 
 
+def test_check_data_without_the_channel_axis_is_matched(ckpts, workdir, tmp_path, capsys):
+    # (P, L) probes for a model of (1, L) samples, as `jaxjac jacobian` accepts them.
+    np.save(tmp_path / "X.npy", np.random.default_rng(0).standard_normal((3, SAMPLE_SHAPE[1])))
+    argv = ["convert", str(ckpts["scripted.pt"]), "-o", "a.jaxjac", "--check-data", "X.npy", "--input-shape", "1,32"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "passed on 3 probes" in out
+    assert "--check-data X.npy: 3 samples of shape (32,) reshaped to (1, 32)" in err
+
+
 def test_float64(ckpts, workdir, capsys):
     assert main(["convert", str(ckpts["dynamic.pt2"]), "-o", "f64.jaxjac", "--dtype", "float64", *FAST]) == 0
     assert "(float64)" in capsys.readouterr().out

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from .._check import format_report
     from .._convert import convert
     from .._load import load_checkpoint
+    from .._readers import match_sample_shape
 
     output = args.output or args.checkpoint.with_suffix(".jaxjac")
     require_new_file(output, args.force)  # fail before the slow part
@@ -116,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
             f"{args.checkpoint} ({checkpoint.format}) does not record its input shape; pass the shape of one "
             "sample, e.g. --input-shape 1,224"
         )
+    if check_data is not None:
+        # (P, 224) probes for a model of (1, 224) samples, as `jaxjac jacobian` accepts them.
+        for note in match_sample_shape(check_data.shape, tuple(sample_shape), f"--check-data {args.check_data}", False):
+            print_note(note)
+        check_data = check_data.reshape((len(check_data), *sample_shape))
     source = {
         "file": args.checkpoint.name,
         "sha256": sha256_of(args.checkpoint),
