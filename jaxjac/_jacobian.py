@@ -11,6 +11,7 @@ test proves them equal on every tested architecture:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import JaxjacError
-from ._model import ConvertedModel
+from ._graph import Graph
+from ._model import ConvertedModel, ModelSpec, _sample_fn
 
 Target = Literal["all", "predicted"] | int | np.ndarray | jax.Array
 Output = Literal["logits", "probs", "log_probs"]
@@ -99,9 +101,17 @@ def batch_jacobian_core(
     over devices.
     """
     kind = _validate(model, target, output, method, precision)
+    index = int(target) if kind == "index" else None
+    return _core(model.graph, model.spec, kind, index, output, method, precision), model.tensors()
+
+
+@functools.lru_cache(maxsize=64)
+def _core(graph: Graph, spec: ModelSpec, kind: str, index: int | None, output: str, method: str, precision: str):
+    # One function object per model structure and options, so that `jax.jit`
+    # of it compiles once per batch shape however often `jacobian` is called.
     transform = _output_transform(output)
-    sample_fn, tensors = model.sample_fn()
-    dtype = model.dtype
+    sample_fn = _sample_fn(graph, spec)
+    dtype = jnp.dtype(spec.dtype)
 
     def f(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
         return transform(sample_fn(params, x).reshape(-1))
@@ -116,12 +126,12 @@ def batch_jacobian_core(
             if kind == "predicted":
                 select = None
             elif kind == "index":
-                select = jnp.full((x.shape[0],), int(target))
+                select = jnp.full((x.shape[0],), index)
             else:
                 select = labels
             return formulation(params, x, select)
 
-    return core, tensors
+    return core
 
 
 def jacobian_fn(
@@ -159,7 +169,7 @@ def jacobian_fn(
     """
     core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
     kind = _target_kind(target)
-    run = jax.jit(core)
+    run = _jit(core)
     sample_shape = model.sample_shape
 
     def jacobian_of_batch(x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -174,6 +184,11 @@ def jacobian_fn(
         return run(tensors, x, labels)
 
     return jacobian_of_batch
+
+
+@functools.lru_cache(maxsize=64)
+def _jit(core: Callable) -> Callable:
+    return jax.jit(core)
 
 
 def _all_vmap_jacrev(f):

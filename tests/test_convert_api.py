@@ -79,9 +79,10 @@ def test_float64_needs_x64():
 
 def test_check_catches_a_wrong_lowering(monkeypatch, request):
     # Swap ReLU's lowering for the identity: a bug that shows in nearly every row.
-    # Compiled forwards are cached per graph: use a graph no other test builds,
+    # Compiled functions are cached per graph: use a graph no other test builds,
     # and drop what this test compiled.
-    request.addfinalizer(_batched_forward.cache_clear)
+    for cache in (_batched_forward, jaxjac._jacobian._core, jaxjac._jacobian._jit):
+        request.addfinalizer(cache.cache_clear)
     monkeypatch.setitem(registry._LOWERINGS, "aten.relu.default", lambda x: x)
     with pytest.raises(jaxjac.ConversionCheckError, match=r"outputs: max relative error .*jacobians") as info:
         jaxjac.convert(small_net(length=11), torch.randn(2, 1, 11))
