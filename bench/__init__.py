@@ -1,0 +1,1 @@
+"""jaxjac benchmarks: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,48 @@
+"""Speed and accuracy of jaxjac's matmul/convolution precisions against a float64 reference.
+
+The reference is the same model converted in float64 and run with 64-bit JAX;
+the error of a precision is `max|J - J64| / max|J64|` over the first rows.
+On CPUs every precision computes in float32, so the rows agree; on GPUs TF32
+and bfloat16 trade accuracy for speed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+PRECISIONS = ("float32", "tf32", "bfloat16")
+ERROR_ROWS = 64
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    import jax
+
+    import jaxjac
+
+    from .worker import dataset, relative_error
+
+    n, batch = spec["n"], spec["batch_size"]
+    x = dataset(max(n, batch), spec["seed"])
+    rows = min(ERROR_ROWS, batch)
+    with jax.enable_x64(True):
+        model64 = jaxjac.load(spec["artifact64"])
+        reference = np.asarray(jaxjac.jacobian_fn(model64)(x[:rows].astype(np.float64)))
+    model = jaxjac.load(spec["artifact"])
+    out: dict[str, Any] = {"status": "ok", "n": n, "precisions": {}}
+    for precision in PRECISIONS:
+        fn = jaxjac.jacobian_fn(model, precision=precision)
+        first = np.asarray(fn(x[:batch]))
+        best = float("inf")
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            for s in range(0, n, batch):
+                np.asarray(fn(x[s : s + batch]))
+            best = min(best, time.perf_counter() - start)
+        out["precisions"][precision] = {
+            "samples_per_s": n / best,
+            "max_rel_err_vs_f64": relative_error(first[:rows], reference),
+        }
+    return out

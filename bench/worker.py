@@ -1,0 +1,148 @@
+"""Time one baseline on one model, in a process of its own: `python -m bench.worker SPEC.json`.
+
+A fresh process per baseline makes the peak resident memory (`ru_maxrss`) that
+baseline's own. The worker builds its inputs from the seed (so every baseline
+sees the same data), checks its first rows against jaxjac's reference rows
+(saved by the parent), times it, and writes one JSON result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from .baselines import BASELINES, Context
+
+VERIFY_ROWS = 4
+RTOL = 1e-4
+
+
+def dataset(n: int, seed: int = 0) -> np.ndarray:
+    """The benchmark inputs: `n` standard-normal float32 samples `(n, 1, 224)`, the same for every seed."""
+    return np.random.default_rng(seed).standard_normal((n, 1, 224), dtype=np.float32)
+
+
+def max_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux carries `ru_maxrss` across fork+exec (a child starts at its parent's
+    peak), so prefer `VmHWM`, the high-water mark of this address space.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """`max|actual - expected| / max|expected|`, in float64."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"output shape {actual.shape} differs from jaxjac's reference {expected.shape}")
+    return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
+
+
+def build_context(spec: dict[str, Any], backend: str) -> Context:
+    if backend == "torch":
+        import torch
+
+        from .models import build
+
+        if spec["device"] == "gpu":  # true float32, as jaxjac's default precision
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        net = build(spec["model"]).to("cuda" if spec["device"] == "gpu" else "cpu")
+        return Context(spec["device"], net=net)
+    import jaxjac
+
+    return Context(spec["device"], model=jaxjac.load(spec["artifact"]))
+
+
+def device_peak_mb(backend: str, device: str) -> float | None:
+    if device != "gpu":
+        return None
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Verify, then time one baseline; see `bench/README.md` for the definitions."""
+    baseline = BASELINES[spec["baseline"]]
+    batch = spec["batch_size"]
+    n = spec["loop_n"] if baseline.per_sample else spec["n"]
+    first_rows = VERIFY_ROWS if baseline.per_sample else batch
+    x = dataset(max(n, first_rows), spec["seed"])
+    ctx = build_context(spec, baseline.backend)
+    run = baseline.make(ctx)
+    rss_setup = max_rss_mb()
+
+    start = time.perf_counter()
+    first = run(x[:first_rows])
+    first_s = time.perf_counter() - start
+    reference = np.load(spec["reference"])[baseline.target]
+    error = relative_error(first[:VERIFY_ROWS], reference[:VERIFY_ROWS])
+    result: dict[str, Any] = {"target": baseline.target, "backend": baseline.backend, "n": n, "max_rel_err": error}
+    if getattr(run, "note", ""):
+        result["note"] = run.note
+    if not error <= RTOL:
+        return {**result, "status": "mismatch", "reason": f"max relative error {error:.3g} > {RTOL:g} vs jaxjac"}
+
+    out = np.empty((n, *first.shape[1:]), first.dtype)  # every baseline writes the full result to host memory
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        for s in range(0, n, batch):
+            out[s : s + batch] = run(x[s : s + batch])
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    return {
+        **result,
+        "status": "ok",
+        "samples_per_s": n / best,
+        "seconds": best,
+        "compile_s": max(0.0, first_s - best * first_rows / n),
+        "peak_rss_mb": max_rss_mb(),
+        "setup_rss_mb": rss_setup,
+        "device_peak_mb": device_peak_mb(baseline.backend, spec["device"]),
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(open(argv[0]).read())
+    try:
+        if spec["baseline"] == "precision":
+            from .precision import measure as measure_precision
+
+            result = measure_precision(spec)
+        else:
+            result = measure(spec)
+    except Exception as error:  # a baseline that cannot run (e.g. torch.compile) is reported, not fatal
+        traceback.print_exc()
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        result = {"status": "n/a", "reason": reason[:300]}
+    with open(spec["out"], "w") as f:
+        json.dump(result, f)
+    sys.stdout.flush()
+    os._exit(0)  # skip slow interpreter teardown (torch/XLA thread pools)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,108 @@
+"""Smoke test of the benchmark harness: tiny N, in-process, seed CNN.
+
+Every baseline's first rows are checked against jaxjac's reference inside the
+harness (a mismatch is reported, never timed); this test makes sure that check
+runs and bites, and that the JSON and Markdown carry every section.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# bench/ is not installed; append the checkout so the installed jaxjac stays first on the path.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
+
+from bench import baselines as bl  # noqa: E402
+from bench.__main__ import main  # noqa: E402
+from bench.report import TARGETS  # noqa: E402
+
+# torch.compile takes ~30 s on two cores; the full run verifies it like every other baseline.
+FAST = [name for name in bl.BASELINES if "compile" not in name]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    args = [
+        "--models",
+        "seed-cnn",
+        "--baselines",
+        ",".join(FAST),
+        "--n",
+        "64",
+        "--batch-size",
+        "32",
+        "--loop-n",
+        "4",
+        "--repeats",
+        "1",
+        "--inprocess",
+        "--out-dir",
+        str(out),
+        "--tag",
+        "smoke",
+    ]
+    assert main(args) == 0
+    (json_path,) = out.glob("*-smoke.json")
+    (md_path,) = out.glob("*-smoke.md")
+    return json.loads(json_path.read_text()), md_path.read_text()
+
+
+def test_every_baseline_ran_and_agrees_with_jaxjac(report):
+    data, _ = report
+    results = data["models"]["seed-cnn"]["baselines"]
+    assert list(results) == FAST
+    for name, r in results.items():
+        assert r["status"] == "ok", f"{name}: {r}"
+        assert r["max_rel_err"] <= 1e-4, name
+        assert r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["compile_s"] >= 0, name
+        if r["target"] in ("all", "predicted"):
+            assert r["jaxjac_ratio"] > 0, name
+
+
+def test_json_and_markdown_sections(report):
+    data, md = report
+    assert {"date", "machine", "settings", "models"} <= set(data)
+    assert data["machine"]["device_kind"] and data["machine"]["cpu_model"]
+    entry = data["models"]["seed-cnn"]
+    assert {"jaxjac vmap-jacrev", "jaxjac batched-vjp"} <= set(entry["limit"])
+    assert set(entry["precision"]["precisions"]) == {"float32", "tf32", "bfloat16"}
+    assert [t["target"] for t in entry["targets"]] == [t[0] for t in TARGETS]
+    assert all(t["status"] in ("PASS", "FAIL") for t in entry["targets"])
+    for heading in ("| model | baseline |", "## Closeness to the limit", "## Precision", "## Targets"):
+        assert heading in md
+    for name in FAST:
+        assert f"| seed-cnn | {name} |" in md or f"| seed-cnn | {name} † |" in md
+
+
+def test_a_wrong_baseline_is_reported_not_timed(monkeypatch, tmp_path):
+    from bench.run import prepare_model
+    from bench.worker import measure
+
+    def wrong(ctx):
+        right = bl.BASELINES["torch best"].make(ctx)
+        return lambda x: right(x) * np.float32(1.001)
+
+    monkeypatch.setitem(bl.BASELINES, "wrong", bl.Baseline("wrong", "torch", "all", wrong))
+    paths = prepare_model("seed-cnn", tmp_path, "cpu", precision=False)["paths"]
+    spec = {
+        "model": "seed-cnn",
+        "device": "cpu",
+        "n": 8,
+        "batch_size": 8,
+        "loop_n": 4,
+        "repeats": 1,
+        "seed": 0,
+        "baseline": "wrong",
+        **paths,
+    }
+    result = measure(spec)
+    assert result["status"] == "mismatch"
+    assert "samples_per_s" not in result
