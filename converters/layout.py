@@ -190,12 +190,10 @@ def _windows(array: jax.Array, axis: int, positions, valid, fill) -> jax.Array:
 
 
 def _first_max(patches: jax.Array, axis: int, positions) -> tuple[jax.Array, jax.Array]:
-    # The value at the first argmax, so the gradient goes to that element as in torch.
-    arg = jnp.argmax(patches, axis=axis + 1, keepdims=True)
-    values = jnp.take_along_axis(patches, arg, axis=axis + 1).squeeze(axis + 1)
+    """`pool.first_max` over the window axis `axis + 1`; a window's flat index is its position on `axis`."""
     flat = jnp.asarray(positions.astype(jax.dtypes.canonicalize_dtype(np.int64)))
-    flat = jnp.broadcast_to(flat.reshape((1,) * axis + flat.shape + (1,) * (patches.ndim - axis - 2)), patches.shape)
-    return values, jnp.take_along_axis(flat, arg, axis=axis + 1).squeeze(axis + 1)
+    flat = flat.reshape((1,) * axis + flat.shape + (1,) * (patches.ndim - axis - 2))
+    return pool.first_max(patches, axis + 1, flat)
 
 
 @register_channels_last("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default")
