@@ -33,6 +33,19 @@ from ._versions import package_version as _package_version
 
 __version__ = _package_version("jaxjac") or "0+unknown"
 
+__all__ = [
+    "Buffer",
+    "ConversionCheckError",
+    "ConvertedModel",
+    "JaxjacError",
+    "UnsupportedOpError",
+    "convert",
+    "jacobian",
+    "jacobian_fn",
+    "load",
+    "save",
+]
+
 
 def __getattr__(name: str):
     # `convert` needs torch; import it only when asked, so that loading and

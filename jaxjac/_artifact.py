@@ -23,6 +23,7 @@ from flax import nnx
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
+from ._durable import fsync_path
 from ._errors import JaxjacError
 from ._graph import Graph
 from ._model import ConvertedModel, ModelSpec
@@ -96,7 +97,7 @@ def _write_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
             os.replace(tmp, path)
         else:
             _link_no_clobber(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent, best_effort=True)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -113,20 +114,6 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         if path.exists():
             raise JaxjacError(f"{path} already exists; pass overwrite=True to replace it") from None
         os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: str | PathLike) -> ConvertedModel:

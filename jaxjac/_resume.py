@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from ._durable import fsync_path
 from ._errors import JaxjacError
 
 FORMAT = "jaxjac-progress"
@@ -41,7 +42,7 @@ def write_progress(path: Path, *, fingerprint: dict[str, Any], completed_rows: i
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent, best_effort=True)
 
 
 def read_progress(path: Path) -> dict[str, Any]:
@@ -65,16 +66,3 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], sidecar: P
                 f"cannot --resume: {sidecar} was written for {key}={saved.get(key)!r}, this run has "
                 f"{key}={current.get(key)!r}; rerun with the original arguments, or pass --force to start over"
             )
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -34,6 +34,7 @@ import shutil
 
 import numpy as np
 
+from ._durable import fsync_path
 from ._errors import JaxjacError
 from ._sources import BF16_ATTR, need, npy_header
 
@@ -162,10 +163,10 @@ class ZarrWriter(Writer):
         for i in sorted(self._dirty):
             chunk = os.path.join(self.partial_path, self._z.metadata.encode_chunk_key((i, *zeros)))
             if os.path.exists(chunk):  # all-zero chunks are not stored
-                _fsync(chunk)
+                fsync_path(chunk)
                 folders.add(os.path.dirname(chunk))
         for folder in folders:
-            _fsync(folder)
+            fsync_path(folder)
         self._dirty.clear()
 
     def _release(self) -> None:
@@ -200,7 +201,7 @@ def create_writer(path, *, shape, dtype: str, overwrite: bool, chunk_rows: int |
         z = zarr.create_array(
             work, shape=shape, chunks=(max(1, rows), *shape[1:]), dtype=stored, fill_value=0, attributes=attrs
         )
-        _fsync(os.path.join(work, "zarr.json"))
+        fsync_path(os.path.join(work, "zarr.json"))
         return ZarrWriter(path, work, shape, dtype, z)
     except OSError as e:
         _remove(work)
@@ -279,14 +280,6 @@ def _default_chunk_rows(shape, itemsize: int) -> int:
     return min(rows, max(1, shape[0]))
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -302,7 +295,7 @@ def _replace(src: str, dst: str) -> None:
         shutil.rmtree(aside)
     else:
         os.replace(src, dst)
-    _fsync(os.path.dirname(os.path.abspath(dst)))
+    fsync_path(os.path.dirname(os.path.abspath(dst)), best_effort=True)
 
 
 def _human(n: float) -> str:

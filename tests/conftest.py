@@ -1,7 +1,11 @@
 """Test configuration: deterministic torch, few threads so two cores are enough."""
 
+import re
+import sys
+
 import pytest
 import torch
+from checkpoint_nets import trained_net, write_arch_module, write_checkpoints
 
 torch.set_num_threads(1)
 
@@ -12,3 +16,24 @@ def _seed_torch():
 
 
 DTYPES = ("float32", "float64")
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    """The trained checkpoint net, shared by a test module."""
+    return trained_net()
+
+
+@pytest.fixture(scope="module")
+def ckpts(net, tmp_path_factory) -> dict:
+    """The net saved in every checkpoint format, by file name."""
+    return write_checkpoints(net, tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture
+def arch(tmp_path, monkeypatch, request):
+    """An `--arch` spec importable from the current directory, like a user's own `nets.py`."""
+    monkeypatch.chdir(tmp_path)
+    name = "user_nets_" + re.sub(r"\W", "_", request.node.name)
+    yield write_arch_module(tmp_path, name)
+    sys.modules.pop(name, None)

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
-from checkpoint_nets import SAMPLE_SHAPE, trained_net, write_arch_module, write_checkpoints
+from checkpoint_nets import SAMPLE_SHAPE
 
 import jaxjac
 from jaxjac.cli import main
 
-# converters/pool.py casts MaxPool indices to int64 without x64 and JAX warns; not this module's concern.
-
 FAST = ["--probes", "2"]
-
-
-@pytest.fixture(scope="module")
-def net():
-    return trained_net()
-
-
-@pytest.fixture(scope="module")
-def ckpts(net, tmp_path_factory):
-    return write_checkpoints(net, tmp_path_factory.mktemp("ckpts"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, request):
-    """The current directory, holding the user's model code as `<module>.py`; yields the --arch spec."""
-    monkeypatch.chdir(tmp_path)
-    name = "cli_nets_" + re.sub(r"\W", "_", request.node.name)
-    yield write_arch_module(tmp_path, name)
-    sys.modules.pop(name, None)
 
 
 def one_error_line(err: str) -> str:
@@ -64,9 +42,9 @@ def assert_matches_torch(path, net) -> None:
         ("pickled.pt", ["--input-shape", "1,32", "--allow-pickle"]),
     ],
 )
-def test_converts_every_format(ckpts, net, workdir, tmp_path, capsys, name, extra):
+def test_converts_every_format(ckpts, net, arch, tmp_path, capsys, name, extra):
     out = tmp_path / "out.jaxjac"
-    args = [a.replace("{arch}", workdir) for a in extra]
+    args = [a.replace("{arch}", arch) for a in extra]
     assert main(["convert", str(ckpts[name]), "-o", str(out), *FAST, *args]) == 0
     stdout = capsys.readouterr().out
     assert re.search(r"conversion check passed on 2 probes \(float32\)", stdout), stdout
@@ -77,22 +55,22 @@ def test_converts_every_format(ckpts, net, workdir, tmp_path, capsys, name, extr
     assert jaxjac.load(out).metadata["check"]["passed"] is True
 
 
-def test_default_output_and_notes(ckpts, workdir, tmp_path, capsys):
+def test_default_output_and_notes(ckpts, arch, tmp_path, capsys):
     ckpt = tmp_path / "weights.pt"
     ckpt.write_bytes(ckpts["data_parallel.pt"].read_bytes())
-    assert main(["convert", str(ckpt), "--input-shape", "1,32", "--arch", workdir, *FAST]) == 0
+    assert main(["convert", str(ckpt), "--input-shape", "1,32", "--arch", arch, *FAST]) == 0
     assert (tmp_path / "weights.jaxjac").is_file()
     assert "jaxjac: note: stripped the 'module.' prefix" in capsys.readouterr().err
 
 
-def test_input_shape_from_check_data(ckpts, workdir, tmp_path, capsys):
+def test_input_shape_from_check_data(ckpts, arch, tmp_path, capsys):
     np.save(tmp_path / "X.npy", np.random.default_rng(0).standard_normal((3, *SAMPLE_SHAPE)))
     code = main(["convert", str(ckpts["scripted.pt"]), "-o", "a.jaxjac", "--check-data", "X.npy"])
     assert code == 0
     assert "passed on 3 probes" in capsys.readouterr().out
 
 
-def test_check_data_without_the_channel_axis_is_matched(ckpts, workdir, tmp_path, capsys):
+def test_check_data_without_the_channel_axis_is_matched(ckpts, arch, tmp_path, capsys):
     # (P, L) probes for a model of (1, L) samples, as `jaxjac jacobian` accepts them.
     np.save(tmp_path / "X.npy", np.random.default_rng(0).standard_normal((3, SAMPLE_SHAPE[1])))
     argv = ["convert", str(ckpts["scripted.pt"]), "-o", "a.jaxjac", "--check-data", "X.npy", "--input-shape", "1,32"]
@@ -102,7 +80,7 @@ def test_check_data_without_the_channel_axis_is_matched(ckpts, workdir, tmp_path
     assert "--check-data X.npy: 3 samples of shape (32,) reshaped to (1, 32)" in err
 
 
-def test_float64(ckpts, workdir, capsys):
+def test_float64(ckpts, arch, capsys):
     assert main(["convert", str(ckpts["dynamic.pt2"]), "-o", "f64.jaxjac", "--dtype", "float64", *FAST]) == 0
     assert "(float64)" in capsys.readouterr().out
     import jax
@@ -111,7 +89,7 @@ def test_float64(ckpts, workdir, capsys):
         assert jaxjac.load("f64.jaxjac").dtype == np.float64
 
 
-def test_refuses_to_overwrite_without_force(ckpts, workdir, tmp_path, capsys):
+def test_refuses_to_overwrite_without_force(ckpts, arch, tmp_path, capsys):
     out = tmp_path / "out.jaxjac"
     out.write_bytes(b"old artifact")
     assert main(["convert", str(ckpts["dynamic.pt2"]), "-o", str(out), *FAST]) == 2
@@ -123,7 +101,7 @@ def test_refuses_to_overwrite_without_force(ckpts, workdir, tmp_path, capsys):
     assert jaxjac.load(out).sample_shape == SAMPLE_SHAPE
 
 
-def test_failed_check_writes_nothing(ckpts, workdir, tmp_path, capsys):
+def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys):
     # A negative tolerance can never be met: it stands in for a lowering bug.
     code = main(["convert", str(ckpts["dynamic.pt2"]), "-o", "out.jaxjac", "--rtol", "-1", *FAST])
     captured = capsys.readouterr()
@@ -159,10 +137,10 @@ def test_failed_check_writes_nothing(ckpts, workdir, tmp_path, capsys):
         (["{dynamic}", "--check-data", "nope.npy"], r"nope\.npy: No such file or directory"),
     ],
 )
-def test_one_line_errors(ckpts, workdir, tmp_path, capsys, args, message):
+def test_one_line_errors(ckpts, arch, tmp_path, capsys, args, message):
     (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
     paths = {k.split(".")[0]: str(v) for k, v in ckpts.items()}
-    argv = ["convert", *[a.format(arch=workdir, **paths) for a in args], *FAST]
+    argv = ["convert", *[a.format(arch=arch, **paths) for a in args], *FAST]
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert re.search(message, line), line

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
-from checkpoint_nets import SAMPLE_SHAPE, trained_net, write_arch_module, write_checkpoints
+from checkpoint_nets import SAMPLE_SHAPE, trained_net
 
 import jaxjac
 from jaxjac._load import detect_format, load_checkpoint
-
-# converters/pool.py casts MaxPool indices to int64 without x64 and JAX warns; not this module's concern.
-
-
-@pytest.fixture(scope="module")
-def net():
-    return trained_net()
-
-
-@pytest.fixture(scope="module")
-def ckpts(net, tmp_path_factory):
-    return write_checkpoints(net, tmp_path_factory.mktemp("ckpts"))
-
-
-@pytest.fixture
-def arch(tmp_path, monkeypatch, request):
-    """An `--arch` spec importable from the current directory, like a user's own `nets.py`."""
-    monkeypatch.chdir(tmp_path)
-    name = "user_nets_" + re.sub(r"\W", "_", request.node.name)
-    yield write_arch_module(tmp_path, name)
-    sys.modules.pop(name, None)
 
 
 def assert_same_outputs(loaded: torch.nn.Module, net: torch.nn.Module) -> None:
