@@ -33,13 +33,13 @@ from ._versions import package_version as _package_version
 
 __version__ = _package_version("jaxjac") or "0+unknown"
 
+# `convert` (which needs torch) is left out so that `from jaxjac import *` works without torch.
 __all__ = [
     "Buffer",
     "ConversionCheckError",
     "ConvertedModel",
     "JaxjacError",
     "UnsupportedOpError",
-    "convert",
     "jacobian",
     "jacobian_fn",
     "load",
