@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jaxjac.example.model import SpectraNet
+
 LENGTH = 224
 N_CLASSES = 3
 SAMPLE_SHAPE = (1, LENGTH)
@@ -32,27 +34,12 @@ def randomize_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
     return net
 
 
-class SeedCNN(nn.Module):
-    """The seed's shape: three Conv-BN-ReLU-MaxPool(2) blocks, flatten, two linear layers.
+def SeedCNN(width: int = 1) -> nn.Module:  # noqa: N802  (stands where a class would)
+    """The seed's shape, the bundled example's network: three Conv-BN-ReLU-MaxPool(2) blocks, two linear layers.
 
     `width` multiplies the channels (8, 16, 16); `width=16` gives (128, 256, 256).
     """
-
-    def __init__(self, width: int = 1, kernels: tuple[int, int, int] = (7, 5, 3), hidden: int = 16) -> None:
-        super().__init__()
-        channels = (8 * width, 16 * width, 16 * width)
-        layers: list[nn.Module] = []
-        c_in = 1
-        for c, k in zip(channels, kernels, strict=True):
-            layers += [nn.Conv1d(c_in, c, kernel_size=k, padding=k // 2), nn.BatchNorm1d(c), nn.ReLU(), nn.MaxPool1d(2)]
-            c_in = c
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c_in * (LENGTH // 8), hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    return SpectraNet(channels=(8 * width, 16 * width, 16 * width))
 
 
 class BasicBlock1d(nn.Module):

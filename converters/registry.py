@@ -30,11 +30,17 @@ def register(*ops: str) -> Callable[[LoweringFn], LoweringFn]:
     Registering the same op twice is a programming error and raises.
     """
 
-    def decorate(fn: LoweringFn) -> LoweringFn:
+    return _registrar(_LOWERINGS, ops, "is already lowered by")
+
+
+def _registrar(table: dict[str, Callable[..., Any]], ops: tuple[str, ...], clash: str) -> Callable:
+    """A decorator that files its function under each of `ops` in `table`, refusing duplicates."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for op in ops:
-            if op in _LOWERINGS:
-                raise ValueError(f"ATen op {op!r} is already lowered by {_LOWERINGS[op].__qualname__}")
-            _LOWERINGS[op] = fn
+            if op in table:
+                raise ValueError(f"ATen op {op!r} {clash} {table[op].__qualname__}")
+            table[op] = fn
         return fn
 
     return decorate
@@ -59,14 +65,7 @@ def register_channels_last(*ops: str) -> Callable[[Callable[..., Any]], Callable
     lowering on channels-first arguments.
     """
 
-    def decorate(rule: Callable[..., Any]) -> Callable[..., Any]:
-        for op in ops:
-            if op in _CHANNELS_LAST:
-                raise ValueError(f"ATen op {op!r} already has a channels-last rule")
-            _CHANNELS_LAST[op] = rule
-        return rule
-
-    return decorate
+    return _registrar(_CHANNELS_LAST, ops, "already has the channels-last rule")
 
 
 def channels_last_rule(op: str) -> Callable[..., Any] | None:

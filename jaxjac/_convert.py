@@ -21,7 +21,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _sample_batch(example_input: Any) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(example_input) if not isinstance(example_input, torch.Tensor) else example_input)
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
     if x.ndim < 1 or x.shape[0] < 1:
         raise JaxjacError(f"example_input must be a batch (N, *sample_shape) with N >= 1; got shape {tuple(x.shape)}")
     return x[:1].detach()

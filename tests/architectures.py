@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from jaxjac.example.model import SpectraNet
+
 N_CLASSES = 3
 LENGTH = 224
 
@@ -45,39 +47,9 @@ def randomize_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
 # --- (1) the user's plain CNN ------------------------------------------------
 
 
-class SpectraCNN(nn.Module):
-    """Three conv blocks (Conv-BN-ReLU-MaxPool), flatten, two linear layers.
-
-    Input `(N, 1, 224)` -> logits `(N, 3)`; the shape of the user's spectra model.
-    """
-
-    def __init__(self, channels: tuple[int, int, int] = (4, 8, 8), n_classes: int = N_CLASSES) -> None:
-        super().__init__()
-        c1, c2, c3 = channels
-        self.features = nn.Sequential(
-            nn.Conv1d(1, c1, kernel_size=7, padding=3),
-            nn.BatchNorm1d(c1),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(c1, c2, kernel_size=5, padding=2),
-            nn.BatchNorm1d(c2),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(c2, c3, kernel_size=3, padding=1),
-            nn.BatchNorm1d(c3),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Dropout(0.3),
-            nn.Linear(c3 * (LENGTH // 8), 16),
-            nn.ReLU(),
-            nn.Linear(16, n_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+# The bundled example's network, as users write it (3 x Conv-BN-ReLU-MaxPool, 2 linear layers).
+def SpectraCNN() -> nn.Module:  # noqa: N802  (stands where a class would)
+    return SpectraNet(channels=(4, 8, 8))
 
 
 # --- (2) ResNet1d ------------------------------------------------------------
@@ -342,7 +314,7 @@ class ModernConvNet(nn.Module):
         return self.head(x.mean(-1))
 
 
-def _seeded(cls: type[nn.Module], seed: int) -> Callable[[], nn.Module]:
+def _seeded(cls: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         torch.manual_seed(seed)
         net = randomize_batchnorm(cls(), seed)
