@@ -22,9 +22,13 @@ if not _os.path.isdir(_os.path.join(__path__[0], "converters")) and _os.path.isf
 
 from ._artifact import load as load
 from ._artifact import save as save
+from ._attribute import attribute as attribute
+from ._attribute import attribution_fn as attribution_fn
 from ._errors import ConversionCheckError as ConversionCheckError
 from ._errors import JaxjacError as JaxjacError
 from ._errors import UnsupportedOpError as UnsupportedOpError
+from ._importance import ImportanceReport as ImportanceReport
+from ._importance import importance as importance
 from ._jacobian import jacobian as jacobian
 from ._jacobian import jacobian_fn as jacobian_fn
 from ._model import Buffer as Buffer
@@ -38,8 +42,12 @@ __all__ = [
     "Buffer",
     "ConversionCheckError",
     "ConvertedModel",
+    "ImportanceReport",
     "JaxjacError",
     "UnsupportedOpError",
+    "attribute",
+    "attribution_fn",
+    "importance",
     "jacobian",
     "jacobian_fn",
     "load",

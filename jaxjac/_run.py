@@ -36,6 +36,7 @@ from ._model import ConvertedModel
 _TEST_DELAY_ENV = "JAXJAC_TEST_BATCH_DELAY"
 _END = object()
 FIRST_BAD_ROWS = 10
+ROW_INDEX_MODULUS = 2**31
 
 
 @dataclass
@@ -123,6 +124,73 @@ def run_jacobian(
     **Returns:** a `RunResult`. Rows whose input holds NaN or Inf are written as NaN
     and counted; every other row equals `jaxjac.jacobian(model, X, batch_size=batch_size)`.
     """
+    if labels is not None:
+        labels = check_labels(labels, reader.n_samples, model.n_outputs)
+    core, tensors = batch_jacobian_core(
+        model,
+        target=target if labels is None else labels[:0],
+        output=output,
+        method=method,
+        precision=precision,
+    )
+    out_dtype = jnp.dtype(dtype or model.dtype)
+
+    def program(consts, x, batch_labels, rows):
+        return core(consts, x, batch_labels).astype(out_dtype)
+
+    return run_stream(
+        model,
+        reader,
+        writer,
+        program,
+        tensors,
+        labels=labels,
+        batch_size=batch_size,
+        start_row=start_row,
+        stop_event=stop_event,
+        on_checkpoint=on_checkpoint,
+        on_rows=on_rows,
+        checkpoint_seconds=checkpoint_seconds,
+        prefetch=prefetch,
+    )
+
+
+def run_stream(
+    model: ConvertedModel,
+    reader: Any,
+    sink: Any,
+    program: Callable[..., Any],
+    consts: Any,
+    *,
+    labels: np.ndarray | None = None,
+    reduce: bool = False,
+    batch_size: int = 256,
+    start_row: int = 0,
+    stop_event: threading.Event | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+    checkpoint_seconds: float = 2.0,
+    prefetch: int = 2,
+) -> RunResult:
+    """Stream every row of `reader` through one compiled batch program into `sink`.
+
+    The engine under `run_jacobian`, `jaxjac.attribute` and `jaxjac.importance`.
+
+    **Arguments:**
+
+    - `program(consts, x, labels, rows)`: a pure function of the replicated
+      pytree `consts`, a batch `x` `(B, *sample_shape)`, its `labels` `(B,)`
+      (or `None` when `labels` is `None`) and `rows` `(B,)` int32: each row's
+      absolute index in the data (modulo 2**31), or -1 for padding and for rows whose input
+      holds NaN or Inf (their `x` is zeros). Row programs return `(B, ...)`
+      per-row results; with `reduce=True` it returns a pytree of reduced
+      arrays, summed over the batch inside the program (on the devices, so
+      that only O(features) leaves them), and replicated.
+    - `sink`: for row programs a writer (`write(start, rows)`, `flush()`, as for
+      `run_jacobian`); with `reduce=True` anything with `add(result)`, called
+      with each batch's reduced result as numpy arrays, in batch order.
+    - the rest as for `run_jacobian`.
+    """
     mesh = dist.batch_mesh()
     devices, processes, process = mesh.devices.size, jax.process_count(), jax.process_index()
     if batch_size < 1 or batch_size % devices:
@@ -134,13 +202,13 @@ def run_jacobian(
         labels = check_labels(labels, n, model.n_outputs)
     if start_row % local_batch and start_row != row1 - row0:
         raise JaxjacError(f"start_row {start_row} is not on a batch boundary of size {local_batch}")
-    compiled, tensors, compile_seconds = _compile(
-        model, mesh, target, labels, output, dtype, method, precision, batch_size
-    )
+    compiled, consts, compile_seconds = _compile(model, mesh, program, consts, labels, reduce, batch_size)
     steps = math.ceil(dist.process_rows(n, 0, processes)[1] / local_batch)  # the same for every process
     first_step = min(dist.all_processes(start_row // local_batch))
     stop_event = stop_event or threading.Event()
-    pipeline = _Pipeline(reader, writer, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint)
+    pipeline = _Pipeline(
+        reader, sink, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint, reduce
+    )
     pipeline.start(first_step, steps, checkpoint_seconds, prefetch)
     x_sharding = dist.batch_sharding(mesh)
     delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
@@ -154,11 +222,13 @@ def run_jacobian(
             if delay:
                 time.sleep(delay)
             x = jax.make_array_from_process_local_data(x_sharding, item.x, (batch_size, *item.x.shape[1:]))
-            args = [tensors, x]
+            rows = jax.make_array_from_process_local_data(x_sharding, item.rows, (batch_size,))
+            args = [consts, x, rows]
             if labels is not None:
                 args.append(jax.make_array_from_process_local_data(x_sharding, item.labels, (batch_size,)))
             y = compiled(*args)
-            y.copy_to_host_async()  # device-to-host copy of this batch overlaps the next one's compute
+            for leaf in jax.tree.leaves(y):
+                leaf.copy_to_host_async()  # the device-to-host copy of this batch overlaps the next one's compute
             pipeline.submit(item, y)
         failed = False
     finally:
@@ -179,36 +249,29 @@ def run_jacobian(
     )
 
 
-def _compile(model, mesh, target, labels, output, dtype, method, precision, batch_size):
-    """Lower and compile the sharded core once; returns `(compiled, device tensors, seconds)`."""
+def _compile(model, mesh, program, consts, labels, reduce, batch_size):
+    """Lower and compile the sharded program once; returns `(compiled, device consts, seconds)`."""
     t0 = time.perf_counter()
-    core, tensors = batch_jacobian_core(
-        model,
-        target=target if labels is None else labels[:0],
-        output=output,
-        method=method,
-        precision=precision,
-    )
-    out_dtype = jnp.dtype(dtype or model.dtype)
     rep, shard = dist.replicated(mesh), dist.batch_sharding(mesh)
-    tensors = {k: _replicate(np.asarray(v), rep) for k, v in tensors.items()}
+    consts = jax.tree.map(lambda v: _replicate(np.asarray(v), rep), consts)
     x_spec = jax.ShapeDtypeStruct((batch_size, *model.sample_shape), model.dtype, sharding=shard)
-    t_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rep) for k, v in tensors.items()}
+    rows_spec = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=shard)
+    c_spec = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rep), consts)
     if labels is None:
 
-        def fn(t, x):
-            return core(t, x, None).astype(out_dtype)
+        def fn(c, x, rows):
+            return program(c, x, None, rows)
 
-        specs = (t_spec, x_spec)
+        specs = (c_spec, x_spec, rows_spec)
     else:
 
-        def fn(t, x, lab):
-            return core(t, x, lab).astype(out_dtype)
+        def fn(c, x, rows, lab):
+            return program(c, x, lab, rows)
 
-        specs = (t_spec, x_spec, jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=shard))
-    # The input shardings come from the specs: x and labels split over "batch", tensors replicated.
-    compiled = jax.jit(fn, out_shardings=shard).lower(*specs).compile()
-    return compiled, tensors, time.perf_counter() - t0
+        specs = (c_spec, x_spec, rows_spec, jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=shard))
+    # The input shardings come from the specs: batch arrays split over "batch", consts replicated.
+    compiled = jax.jit(fn, out_shardings=rep if reduce else shard).lower(*specs).compile()
+    return compiled, consts, time.perf_counter() - t0
 
 
 def _replicate(value: np.ndarray, sharding) -> jax.Array:
@@ -224,13 +287,16 @@ class _Batch:
     x: np.ndarray
     labels: np.ndarray | None
     bad: np.ndarray  # batch-relative indices of rows with NaN/Inf inputs
+    rows: np.ndarray  # (local_batch,) int32 absolute row indices; -1 for padding and bad rows
 
 
 class _Pipeline:
     """The reader thread, the writer thread and their bounded queues."""
 
-    def __init__(self, reader, writer, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint):
-        self.reader, self.writer, self.labels = reader, writer, labels
+    def __init__(
+        self, reader, writer, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint, reduce
+    ):
+        self.reader, self.writer, self.labels, self.reduce = reader, writer, labels, reduce
         self.sample_shape, self.dtype = model.sample_shape, model.dtype
         self.row0, self.row1, self.local_batch = row0, row1, local_batch
         self.stop_event, self.on_rows, self.on_checkpoint = stop_event, on_rows, on_checkpoint
@@ -279,11 +345,16 @@ class _Pipeline:
                 x[: stop - start] = self.reader.read(start, stop)
                 bad = np.flatnonzero(~np.isfinite(x.reshape(self.local_batch, -1)).all(axis=1))
                 x[bad] = 0  # NaN/Inf rows compute on zeros; their output rows become NaN
+            rows = np.full(self.local_batch, -1, np.int32)
+            # Modulo 2**31 keeps int32 (JAX's default) for datasets past two billion rows; only
+            # per-row random streams (SmoothGrad noise, bootstrap weights) repeat that far apart.
+            rows[: max(stop - start, 0)] = np.arange(start, max(stop, start), dtype=np.int64) % ROW_INDEX_MODULUS
+            rows[bad] = -1
             labels = None
             if self.labels is not None:
                 labels = np.zeros(self.local_batch, self.labels.dtype)
                 labels[: max(stop - start, 0)] = self.labels[start:stop]
-            if not self._put(self.inbox, _Batch(step, start, stop, x, labels, bad)):
+            if not self._put(self.inbox, _Batch(step, start, stop, x, labels, bad, rows)):
                 return
         self._put(self.inbox, _END)
 
@@ -311,14 +382,18 @@ class _Pipeline:
             count = item.stop - item.start
             if count <= 0:
                 continue
-            rows = _local_rows(y)[:count]
             if item.bad.size:
-                rows = np.array(rows)
-                rows[item.bad] = np.nan
                 self.nonfinite_count += item.bad.size
                 room = FIRST_BAD_ROWS - len(self.nonfinite_first)
                 self.nonfinite_first += [int(item.start + i) for i in item.bad[:room]]
-            self.writer.write(item.start - self.row0, rows)
+            if self.reduce:
+                self.writer.add(jax.tree.map(np.asarray, y))
+            else:
+                rows = _local_rows(y)[:count]
+                if item.bad.size:
+                    rows = np.array(rows)
+                    rows[item.bad] = np.nan
+                self.writer.write(item.start - self.row0, rows)
             self.completed = item.stop - self.row0
             self.computed += count
             if self.on_rows:

@@ -64,6 +64,17 @@ def test_demo_prints_agreement_and_planted_bands(capsys: pytest.CaptureFixture[s
     # The trained model's saliency finds every planted band; a regression would show here.
     assert len(re.findall(r"found 2/2 within", text)) == 3, text
 
+    deletion = re.search(r"accuracy (\S+), vs (\S+) \+- (\S+) for random bands", text)
+    assert deletion, text
+    ranked, random_mean, random_std = map(float, deletion.groups())
+    assert ranked < random_mean - 2 * random_std, "deleting the top bands must hurt far more than random ones"
+    assert "model randomisation" in text and "(passed" in text
+    report = json.loads((out / "importance.json").read_text())
+    assert report["schema"] == "jaxjac.importance/1" and report["n_samples"] == 300
+    for name in ("importance", "importance-heatmap", "importance-curves"):
+        for suffix in (".png", ".svg"):
+            assert (out / f"{name}{suffix}").stat().st_size > 1000
+
     J = np.load(out / "J.npy")
     assert J.shape == (300, 3, 1, 224)
     assert (out / "spectra_cnn.jaxjac").stat().st_size > 0

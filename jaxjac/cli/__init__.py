@@ -21,7 +21,7 @@ from ._common import print_error
 # Subcommand modules, in the order `jaxjac --help` lists them. A name whose
 # module is not written yet is skipped, so that the CLI works while the
 # subcommands land one at a time.
-SUBCOMMANDS = ("convert", "jacobian", "demo")
+SUBCOMMANDS = ("convert", "jacobian", "importance", "demo")
 
 
 def _subcommand_modules() -> dict[str, ModuleType]:

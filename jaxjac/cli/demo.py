@@ -19,18 +19,27 @@ The demo converts the model (printing the conversion check), computes the
 per-sample Jacobians of every spectrum with jaxjac.jacobian, computes the same
 Jacobians with torch autograd, and prints their agreement, shapes and timings.
 It then ranks the bands by mean |dlogit/dx| per class and compares them with
-the planted bands. Exits 1 if jaxjac and torch disagree beyond --rtol.
+the planted bands.
+
+Then it runs the importance pipeline (`jaxjac importance` / jaxjac.importance)
+on the same data: the bands ranked per class with bootstrap confidence, the
+deletion curve (accuracy as the top bands are replaced by the mean spectrum)
+against random rankings, and the model-randomisation check. It writes the
+report and its plots (PNG and SVG) to --out (default ./jaxjac-demo).
+
+Exits 1 if jaxjac and torch disagree beyond --rtol.
 """
 
 EPILOG = """\
 examples:
-  jaxjac demo
-  jaxjac demo --out demo_out        # also writes J.npy and spectra_cnn.jaxjac
+  jaxjac demo                       # writes ./jaxjac-demo/{importance.json, importance*.png|svg, J.npy, ...}
+  jaxjac demo --out demo_out --force
   jaxjac demo --method batched-vjp --top 3
 
 In your own code the same steps read:
   model = jaxjac.convert(net, X[:1])
   J = jaxjac.jacobian(model, X)     # J[i] == torch.autograd.functional.jacobian(net, X[i:i+1])[0, :, 0]
+  report = jaxjac.importance(model, X, labels=y); report.save("importance.json"); report.plot("importance.png")
 """
 
 # A top band counts as finding a planted peak when it lies this close to its centre
@@ -48,7 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--out", type=Path, metavar="DIR", help="also write J.npy and the converted model (spectra_cnn.jaxjac) here"
+        "--out",
+        type=Path,
+        default=Path("jaxjac-demo"),
+        metavar="DIR",
+        help="write the report, plots, J.npy and the converted model here (default ./jaxjac-demo)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite files that already exist in --out")
     parser.add_argument(
@@ -83,18 +96,6 @@ def torch_jacobians(net, X: np.ndarray) -> np.ndarray:
     return torch.stack(rows, dim=1).numpy()
 
 
-def top_bands(J: np.ndarray, y: np.ndarray, k: int) -> dict[int, list[int]]:
-    """Per class `c`: the `k` bands with the largest mean `|J[i, c]|` over the samples of class `c`.
-
-    `J` is `(N, K, 1, L)` and `y` `(N,)`; returns class -> band indices, largest first.
-    """
-    out = {}
-    for c in range(J.shape[1]):
-        saliency = np.abs(J[y == c, c, 0, :]).mean(axis=0)  # (L,)
-        out[c] = [int(b) for b in np.argsort(saliency)[::-1][:k]]
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when jaxjac agrees with torch within `args.rtol`, else 1."""
     import torch
@@ -103,12 +104,13 @@ def run(args: argparse.Namespace) -> int:
     from jaxjac._check import format_report, relative_error
     from jaxjac.example import load_example_bands, load_example_data, load_example_model
 
-    paths = {}
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        paths = {"J": args.out / "J.npy", "model": args.out / "spectra_cnn.jaxjac"}
-        for path in paths.values():  # fail before the work, not after
-            require_new_file(path, args.force)
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = {"J": args.out / "J.npy", "model": args.out / "spectra_cnn.jaxjac", "report": args.out / "importance.json"}
+    plots = [
+        args.out / f"importance{part}{suffix}" for part in ("", "-heatmap", "-curves") for suffix in (".png", ".svg")
+    ]
+    for path in [*paths.values(), *plots]:  # fail before the work, not after
+        require_new_file(path, args.force)
 
     net = load_example_model()
     X, y = load_example_data()
@@ -152,16 +154,41 @@ def run(args: argparse.Namespace) -> int:
         f"(rtol {args.rtol:g}); J[i] equals jacobian(net.forward, X[i:i+1])[0, :, 0]"
     )
 
-    print(f"top {args.top} bands by mean |dlogit_c/dx| over the samples of class c, vs the planted bands:")
-    for c, found in top_bands(J, y, args.top).items():
-        hits = [b for b in bands[c] if any(abs(b - f) <= BAND_TOLERANCE for f in found)]
+    start = time.perf_counter()
+    report = jaxjac.importance(model, X, labels=y, top_k=args.top, batch_size=args.batch_size)
+    data = report.data
+    print(
+        f"importance: jaxjac.importance(model, X, labels=y), mean |dlogit_y/dx| over the samples, "
+        f"{time.perf_counter() - start:.1f} s (with bootstrap, curves and checks)"
+    )
+    print(f"  top {args.top} bands per true class vs the planted bands:")
+    for c, planted in bands.items():
+        found = data["per_class"]["true"][str(c)]["ranking"][: args.top]
+        hits = [b for b in planted if any(abs(b - f) <= BAND_TOLERANCE for f in found)]
         print(
-            f"  class {c}: top {found}  planted {bands[c]}  "
-            f"found {len(hits)}/{len(bands[c])} within +-{BAND_TOLERANCE} bands"
+            f"    class {c}: top {found}  planted {planted}  found {len(hits)}/{len(planted)} within +-{BAND_TOLERANCE} bands"
         )
+    confidence = data["confidence"]
+    print(
+        f"  ranking confidence: top-{args.top} set overlap {confidence['top_k_stability']:.2f} and rank correlation "
+        f"{confidence['spearman_mean']:.3f} over {confidence['replicates']} bootstrap replicates"
+    )
+    deletion, k = data["evaluation"]["deletion"], data["evaluation"]["k"]
+    i = 1 + int(np.argmin(np.abs(np.asarray(k[1:]) - 2 * args.top)))
+    print(
+        f"  deleting the top {k[i]} bands (set to the mean spectrum): accuracy {deletion['ranked'][i]:.2f}, vs "
+        f"{deletion['random_mean'][i]:.2f} +- {deletion['random_std'][i]:.2f} for random bands; curve area "
+        f"{deletion['ranked_auc']:.3f} vs {deletion['random_auc']:.3f}"
+    )
+    randomization = data["randomization"]
+    print(
+        f"  model randomisation: rank correlation with a randomly re-weighted model {randomization['spearman']:.2f} "
+        f"({'passed' if randomization['passed'] else 'FAILED'}: the ranking depends on what the model learned)"
+    )
 
-    if paths:
-        np.save(paths["J"], J, allow_pickle=False)
-        jaxjac.save(model, paths["model"], overwrite=args.force)
-        print(f"wrote {paths['J']} and {paths['model']}")
+    np.save(paths["J"], J, allow_pickle=False)
+    jaxjac.save(model, paths["model"], overwrite=args.force)
+    report.save(paths["report"], overwrite=args.force)
+    written = report.plot(args.out / "importance.png")
+    print(f"wrote {paths['J']}, {paths['model']}, {paths['report']} and {len(written)} plots in {args.out}")
     return 0 if agree else 1

@@ -1,0 +1,217 @@
+"""`jaxjac.attribute` and `jaxjac.attribution_fn`: per-sample attributions of a dataset.
+
+The methods themselves live in `_methods`; this module gives them the two
+faces of `jaxjac.jacobian`: a pure jitted batch function for JAX code, and a
+whole-dataset call streamed through the same engine as `jaxjac jacobian`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._errors import JaxjacError
+from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
+from ._model import ConvertedModel
+from ._readers import Reader
+from ._run import check_labels, run_stream
+from ._sources import ArraySource
+
+
+def attribution_fn(
+    model: ConvertedModel,
+    method: str = "gradient",
+    *,
+    target: str | int = "predicted",
+    output: str = "logits",
+    baseline: Any = "zeros",
+    steps: int = 32,
+    rule: str = "riemann",
+    noise: float = 0.15,
+    samples: int = 32,
+    seed: int = 0,
+    formulation: str = "vmap-jacrev",
+    precision: str = "float32",
+) -> Callable[..., jax.Array]:
+    """A jitted function from a batch to its per-sample attributions.
+
+    **Arguments:** as for `attribute`; `baseline` must be ``"zeros"`` or an
+    array here (there is no dataset to average).
+
+    **Returns:** `fn(x, labels=None, rows=None)` mapping a batch `x`
+    `(B, *sample_shape)` to `(B, *sample_shape)` (or `(B, K, *sample_shape)`
+    for ``target="all"``). `labels` `(B,)` is required for ``target="label"``;
+    `rows` `(B,)` are the rows' indices in your dataset, which seed the
+    SmoothGrad noise (default `0..B-1`). `fn` is pure and jittable.
+
+    >>> fn = jaxjac.attribution_fn(model, "integrated-gradients", steps=64)  # doctest: +SKIP
+    >>> fn(X[:256]).shape                                                    # doctest: +SKIP
+    (256, 1, 224)
+    """
+    options = check_options(
+        model,
+        AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision),
+    )
+    core, tensors = attribution_core(model, options)
+    start = resolve_baseline(model, baseline)
+    run = _jit(core)
+    sample_shape = model.sample_shape
+
+    def attribution_of_batch(x: jax.Array, labels: jax.Array | None = None, rows: jax.Array | None = None):
+        if tuple(x.shape[1:]) != sample_shape:
+            raise JaxjacError(
+                f"input batch has samples of shape {tuple(x.shape[1:])}; the model expects {sample_shape}"
+            )
+        if options.target == "label" and (labels is None or tuple(labels.shape) != (x.shape[0],)):
+            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+            raise JaxjacError(f"target 'label' needs labels of shape ({x.shape[0]},), one per sample; got {got}")
+        rows = np.arange(x.shape[0], dtype=np.int32) if rows is None else rows
+        return run(tensors, x, labels, rows, start)
+
+    return attribution_of_batch
+
+
+@functools.lru_cache(maxsize=64)
+def _jit(core: Callable) -> Callable:
+    return jax.jit(core)
+
+
+def attribute(
+    model: ConvertedModel,
+    x: np.ndarray,
+    method: str = "gradient",
+    *,
+    target: str | int = "predicted",
+    labels: np.ndarray | None = None,
+    output: str = "logits",
+    baseline: Any = "zeros",
+    steps: int = 32,
+    rule: str = "riemann",
+    noise: float = 0.15,
+    samples: int = 32,
+    seed: int = 0,
+    batch_size: int = 256,
+    formulation: str = "vmap-jacrev",
+    precision: str = "float32",
+) -> np.ndarray:
+    """Per-sample attributions of a whole dataset, streamed in fixed-size batches over all local devices.
+
+    **Arguments:**
+
+    - `model`: a converted model.
+    - `x`: samples `(N, *sample_shape)`: any array sliceable by rows (a
+      memory-mapped `.npy`, an h5py dataset); batches are read as needed.
+    - `method`: ``"gradient"``, ``"grad-x-input"``, ``"integrated-gradients"``,
+      ``"smoothgrad"``, ``"smoothgrad-sq"`` or ``"vargrad"``.
+    - `target`: ``"predicted"`` (argmax at the clean input, the default),
+      ``"label"`` (with `labels`), ``"all"`` or a class index.
+    - `labels`: `(N,)` true labels; giving them makes ``"label"`` the target
+      unless `target` says otherwise.
+    - `output`: differentiate ``"logits"``, ``"probs"`` or ``"log_probs"``.
+    - `baseline`: integrated gradients' start: ``"zeros"``, ``"mean"`` (the
+      per-feature mean of `x`) or an array of one sample's shape.
+    - `steps`, `rule`: integrated gradients' nodes and rule (``"riemann"``
+      midpoint or ``"gauss-legendre"``).
+    - `noise`, `samples`, `seed`: SmoothGrad's noise standard deviation as a
+      fraction of each sample's range `max - min`, its draw count and seed.
+    - `batch_size`, `formulation`, `precision`: as for `jaxjac.jacobian`.
+
+    **Returns:** `(N, *sample_shape)`, or `(N, K, *sample_shape)` for
+    ``target="all"``. Rows whose input holds NaN or Inf are NaN.
+
+    >>> scores = jaxjac.attribute(model, X, "smoothgrad", target="predicted")  # doctest: +SKIP
+    """
+    reader = array_reader(model, x)
+    if labels is not None:
+        labels = check_labels(labels, reader.n_samples, model.n_outputs)
+        target = "label" if target == "predicted" else target
+    elif target == "label":
+        raise JaxjacError("target 'label' needs labels: pass labels=y, one per sample")
+    options = check_options(
+        model,
+        AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision),
+    )
+    start = resolve_baseline(model, baseline, mean=lambda: feature_mean(reader))
+    out = ArrayWriter(attribution_shape(model, reader.n_samples, options.target), model.dtype)
+    size = _batch_size(batch_size, reader.n_samples)
+    stream_attributions(model, reader, out, options, start, labels=labels, batch_size=size)
+    return out.array
+
+
+def stream_attributions(
+    model: ConvertedModel,
+    reader: Any,
+    writer: Any,
+    options: AttributionOptions,
+    baseline: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    batch_size: int = 256,
+    **run_options: Any,
+):
+    """Stream the attributions of every row of `reader` into `writer` (see `run_stream`)."""
+    core, tensors = attribution_core(model, options)
+
+    def program(consts, x, batch_labels, rows):
+        return core(consts["params"], x, batch_labels, rows, consts["baseline"])
+
+    consts = {"params": tensors, "baseline": baseline}
+    used = _used_labels(options, labels)
+    return run_stream(model, reader, writer, program, consts, labels=used, batch_size=batch_size, **run_options)
+
+
+def _used_labels(options: AttributionOptions, labels: np.ndarray | None) -> np.ndarray | None:
+    if options.target == "label" and labels is None:
+        raise JaxjacError("target 'label' needs labels, one per sample")
+    return labels if options.target == "label" else None
+
+
+def _batch_size(batch_size: int, n: int) -> int:
+    if batch_size < 1:
+        raise JaxjacError(f"batch_size must be a positive integer; got {batch_size}")
+    devices = jax.device_count()
+    size = min(batch_size, max(n, 1))
+    return -(-size // devices) * devices
+
+
+def array_reader(model: ConvertedModel, x: Any) -> Reader:
+    """A `Reader` over an in-memory (or memory-mapped) array of samples `(N, *sample_shape)`."""
+    if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
+        x = np.asarray(x)
+    if len(x.shape) < 1 or tuple(x.shape[1:]) != model.sample_shape:
+        raise JaxjacError(f"input has samples of shape {tuple(x.shape[1:])}; the model expects {model.sample_shape}")
+    if not np.issubdtype(np.dtype(x.dtype), np.number) or np.issubdtype(np.dtype(x.dtype), np.complexfloating):
+        raise JaxjacError(f"input must hold real numbers; got dtype {x.dtype}")
+    source = ArraySource(x)
+    return Reader("<array>", source, sample_shape=model.sample_shape, dtype=model.dtype, cube=False, notes=[])
+
+
+class ArrayWriter:
+    """An in-memory sink for `run_stream`'s row programs."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.array = np.empty(shape, dtype)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        self.array[start : start + rows.shape[0]] = rows
+
+    def flush(self) -> None:
+        pass
+
+
+def feature_mean(reader: Any, chunk: int = 65536) -> np.ndarray:
+    """The per-feature mean `(*sample_shape)` of a reader's rows, skipping rows with NaN or Inf."""
+    total = np.zeros(reader.sample_shape, np.float64)
+    count = 0
+    for start in range(0, reader.n_samples, chunk):
+        block = reader.read(start, min(start + chunk, reader.n_samples))
+        good = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+        total += block[good].sum(axis=0, dtype=np.float64)
+        count += int(good.sum())
+    if count == 0:
+        raise JaxjacError("baseline 'mean' needs at least one sample without NaN or Inf")
+    return total / count
