@@ -114,32 +114,48 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     what.add_argument(
         "--baseline", default="zeros", metavar="zeros|mean|FILE.npy", help="integrated gradients' start (default zeros)"
     )
-    what.add_argument("--steps", type=_positive, default=32, help="integrated gradients' nodes (default 32)")
+    what.add_argument(
+        "--steps", metavar="N", type=_positive, default=32, help="integrated gradients' nodes (default 32)"
+    )
     what.add_argument("--rule", choices=("riemann", "gauss-legendre"), default="riemann", help="default riemann")
-    what.add_argument("--noise", type=_fraction, default=0.15, help="SmoothGrad noise std / sample range (0.15)")
-    what.add_argument("--samples", type=_positive, default=32, help="SmoothGrad noise draws (default 32)")
-    what.add_argument("--seed", type=int, default=0, help="seed of the noise, the bootstrap and random rankings")
+    what.add_argument(
+        "--noise", metavar="F", type=_fraction, default=0.15, help="SmoothGrad noise std / sample range (0.15)"
+    )
+    what.add_argument("--samples", metavar="N", type=_positive, default=32, help="SmoothGrad noise draws (default 32)")
+    what.add_argument(
+        "--seed", metavar="S", type=int, default=0, help="seed of the noise, the bootstrap and random rankings"
+    )
     rank = p.add_argument_group("ranking")
-    rank.add_argument("--top-k", type=_positive, default=20, help="features to report and mark (default 20)")
+    rank.add_argument(
+        "--top-k", metavar="K", type=_positive, default=20, help="features to report and mark (default 20)"
+    )
     rank.add_argument(
         "--score", choices=("mean-abs", "mean-sq", "mean"), default="mean-abs", help="what ranks (default mean-abs)"
     )
-    rank.add_argument("--bootstrap", type=_count, default=100, help="bootstrap replicates, 0 for none (default 100)")
+    rank.add_argument(
+        "--bootstrap", metavar="R", type=_count, default=100, help="bootstrap replicates, 0 for none (default 100)"
+    )
     rank.add_argument("--per-class", action="store_true", help="also print each class's top-k")
     names = rank.add_mutually_exclusive_group()
     names.add_argument("--feature-names", type=Path, metavar="names.txt", help="one name per feature, one per line")
     names.add_argument("--wavelengths", type=Path, metavar="w.txt", help="one number per feature (text or .npy)")
     rank.add_argument("--class-names", type=Path, metavar="classes.txt", help="one name per class, one per line")
     check = p.add_argument_group("evaluation")
-    check.add_argument("--eval-samples", type=_positive, default=1000, help="rows for curves and checks (1000)")
-    check.add_argument("--random-rankings", type=_positive, default=10, help="random rankings to compare (10)")
+    check.add_argument(
+        "--eval-samples", metavar="S", type=_positive, default=1000, help="rows for curves and checks (1000)"
+    )
+    check.add_argument(
+        "--random-rankings", metavar="R", type=_positive, default=10, help="random rankings to compare (10)"
+    )
     check.add_argument(
         "--eval-baseline", default="mean", metavar="mean|zeros|FILE.npy", help="value of removed features (mean)"
     )
     check.add_argument("--no-evaluate", action="store_true", help="skip the deletion and insertion curves")
     check.add_argument("--no-randomization", action="store_true", help="skip the model-randomisation check")
     how = p.add_argument_group("how")
-    how.add_argument("--batch-size", type=_positive, default=256, help="samples per step over all devices (256)")
+    how.add_argument(
+        "--batch-size", metavar="B", type=_positive, default=256, help="samples per step over all devices (256)"
+    )
     how.add_argument("--formulation", choices=("vmap-jacrev", "batched-vjp"), default="vmap-jacrev")
     how.add_argument("--precision", choices=("float32", "tf32", "bfloat16", "default"), default="float32")
     how.add_argument("--compile-cache", metavar="DIR|off", help="persistent XLA compilation cache")
