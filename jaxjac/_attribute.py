@@ -66,9 +66,16 @@ def attribution_fn(
             raise JaxjacError(
                 f"input batch has samples of shape {tuple(x.shape[1:])}; the model expects {sample_shape}"
             )
-        if options.target == "label" and (labels is None or tuple(labels.shape) != (x.shape[0],)):
-            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
-            raise JaxjacError(f"target 'label' needs labels of shape ({x.shape[0]},), one per sample; got {got}")
+        if options.target == "label":
+            if labels is None or tuple(labels.shape) != (x.shape[0],):
+                got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+                raise JaxjacError(f"target 'label' needs labels of shape ({x.shape[0]},), one per sample; got {got}")
+            try:
+                concrete = np.asarray(labels)
+            except jax.errors.TracerArrayConversionError:  # under a jit: the values are unknown here
+                concrete = None
+            if concrete is not None:
+                check_labels(concrete, x.shape[0], model.n_outputs)
         rows = np.arange(x.shape[0], dtype=np.int32) if rows is None else rows
         return run(tensors, x, labels, rows, start)
 
@@ -85,7 +92,7 @@ def attribute(
     x: np.ndarray,
     method: str = "gradient",
     *,
-    target: str | int = "predicted",
+    target: str | int | None = None,
     labels: np.ndarray | None = None,
     output: str = "logits",
     baseline: Any = "zeros",
@@ -107,10 +114,10 @@ def attribute(
       memory-mapped `.npy`, an h5py dataset); batches are read as needed.
     - `method`: ``"gradient"``, ``"grad-x-input"``, ``"integrated-gradients"``,
       ``"smoothgrad"``, ``"smoothgrad-sq"`` or ``"vargrad"``.
-    - `target`: ``"predicted"`` (argmax at the clean input, the default),
-      ``"label"`` (with `labels`), ``"all"`` or a class index.
-    - `labels`: `(N,)` true labels; giving them makes ``"label"`` the target
-      unless `target` says otherwise.
+    - `target`: ``"predicted"`` (argmax at the clean input), ``"label"``
+      (with `labels`), ``"all"`` or a class index. Default: ``"label"`` when
+      `labels` are given, else ``"predicted"``.
+    - `labels`: `(N,)` true labels.
     - `output`: differentiate ``"logits"``, ``"probs"`` or ``"log_probs"``.
     - `baseline`: integrated gradients' start: ``"zeros"``, ``"mean"`` (the
       per-feature mean of `x`) or an array of one sample's shape.
@@ -128,8 +135,9 @@ def attribute(
     reader = array_reader(model, x)
     if labels is not None:
         labels = check_labels(labels, reader.n_samples, model.n_outputs)
-        target = "label" if target == "predicted" else target
-    elif target == "label":
+    if target is None:
+        target = "label" if labels is not None else "predicted"
+    elif target == "label" and labels is None:
         raise JaxjacError("target 'label' needs labels: pass labels=y, one per sample")
     options = check_options(
         model,

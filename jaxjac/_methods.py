@@ -96,14 +96,15 @@ def check_options(model: ConvertedModel, options: AttributionOptions) -> Attribu
     _validate(model, "all" if target in ("all", "label") else target, output, options.formulation, options.precision)
     if options.rule not in RULES:
         raise JaxjacError(f"rule must be one of {', '.join(RULES)}; got {options.rule!r}")
-    if options.steps < 1:
-        raise JaxjacError(f"steps must be a positive integer; got {options.steps}")
-    if options.samples < 1:
-        raise JaxjacError(f"samples must be a positive integer; got {options.samples}")
+    for name in ("steps", "samples"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise JaxjacError(f"{name} must be a positive integer; got {value!r}")
     if not (options.noise >= 0 and np.isfinite(options.noise)):
         raise JaxjacError(f"noise must be a non-negative fraction of each sample's range; got {options.noise}")
     target = int(target) if not isinstance(target, str) else target
-    return AttributionOptions(**{**options.__dict__, "method": method, "output": output, "target": target})
+    changes = {"method": method, "output": output, "target": target, "steps": int(options.steps)}
+    return AttributionOptions(**{**options.__dict__, **changes, "samples": int(options.samples)})
 
 
 def attribution_shape(model: ConvertedModel, n: int, target: str | int) -> tuple[int, ...]:
@@ -228,18 +229,23 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
                 total, _ = jax.lax.scan(step, zero, (jnp.asarray(nodes, dtype), jnp.asarray(weights, dtype)))
                 return per_row(x - start, total)
 
-            def draw(sums, j):
+            def draw(moments, j):
+                # Welford's update: the variance stays accurate in float32 even when the
+                # noise is small and E[g^2] - E[g]^2 would cancel.
+                mean, m2 = moments
                 g = gradient_rows(params, x + noise_draws(x, rows, options, j), select)
-                return (sums[0] + g, sums[1] + g * g), None
+                delta = g - mean
+                mean = mean + delta / (j + 1).astype(dtype)
+                return (mean, m2 + delta * (g - mean)), None
 
             zero = jnp.zeros(attribution_shape_of(x, spec, every), dtype)
-            (s1, s2), _ = jax.lax.scan(draw, (zero, zero), jnp.arange(options.samples))
-            mean, mean_sq = s1 / options.samples, s2 / options.samples
+            (mean, m2), _ = jax.lax.scan(draw, (zero, zero), jnp.arange(options.samples))
+            variance = m2 / options.samples
             if method == "smoothgrad":
                 return mean
             if method == "smoothgrad-sq":
-                return mean_sq
-            return jnp.maximum(mean_sq - mean * mean, 0)  # vargrad; rounding can go below 0
+                return variance + mean * mean
+            return variance  # vargrad
 
     return core
 
@@ -270,4 +276,6 @@ def resolve_baseline(model: ConvertedModel, baseline: Any, mean: Callable[[], np
             f"baseline must have one sample's shape {shape} (or {int(np.prod(shape))} values); "
             f"got {array.dtype} {array.shape}"
         )
+    if not np.isfinite(array).all():
+        raise JaxjacError("baseline holds NaN or Inf; every attribution would be NaN")
     return array.astype(model.dtype).reshape(shape)
