@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+from pathlib import Path
 
 
 def fsync_path(path: str | os.PathLike, *, best_effort: bool = False) -> None:
@@ -24,3 +26,23 @@ def fsync_path(path: str | os.PathLike, *, best_effort: bool = False) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def replace_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` so that a crash leaves the old file or the new one, never a mix.
+
+    The text goes to a temporary file beside `path`, which is fsynced, renamed
+    over `path`, and the folder fsynced.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent, best_effort=True)
+    return path

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._attribute import ArrayWriter, _batch_size, array_reader, feature_mean, stream_attributions
-from ._durable import fsync_path
+from ._durable import replace_atomically
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_shape, check_options, resolve_baseline
 from ._model import ConvertedModel
@@ -77,11 +77,7 @@ class ImportanceReport:
         path = Path(path)
         if path.exists() and not overwrite:
             raise JaxjacError(f"{path} already exists; pass --force (overwrite=True) to replace it")
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(self.to_json() + "\n")
-        fsync_path(temp)
-        os.replace(temp, path)
-        return path
+        return replace_atomically(path, self.to_json() + "\n")
 
     def plot(self, path: str | os.PathLike) -> list[Path]:
         """Write the profile, heatmap and curves as PNG and SVG beside `path`; returns the files."""

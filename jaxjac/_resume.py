@@ -10,12 +10,10 @@ the numbers; `--resume` refuses a run whose fingerprint differs.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
-from ._durable import fsync_path
+from ._durable import replace_atomically
 from ._errors import JaxjacError
 
 FORMAT = "jaxjac-progress"
@@ -33,16 +31,7 @@ def write_progress(path: Path, *, fingerprint: dict[str, Any], completed_rows: i
     path = Path(path)
     state = {"format": FORMAT, "version": VERSION, "completed_rows": int(completed_rows), **extra}
     state["fingerprint"] = fingerprint
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(path.parent, best_effort=True)
+    replace_atomically(path, json.dumps(state, indent=1, sort_keys=True))
 
 
 def read_progress(path: Path) -> dict[str, Any]:
