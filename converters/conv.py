@@ -5,14 +5,19 @@ reaches here: `padding='same'` becomes a `constant_pad_nd` for the odd part
 (even kernels pad one more on the right) plus symmetric padding here, and the
 reflect/replicate/circular padding modes and `F.pad` become index, slice and
 cat ops (see `converters/shape.py`). So the padding here is always zeros.
+
+On CPU, a channels-last 1D convolution with few channels runs in a tiled
+form with fatter channels (see `conv_tile`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .registry import register
@@ -53,21 +58,148 @@ def convolution(
     """
     n_spatial = x.ndim - 2
     numbers = _dimension_numbers(n_spatial, channels_last)
-    if not transposed:
-        y = lax.conv_general_dilated(
-            x,
-            weight,
+    if transposed:
+        y = _transposed(x, weight, stride, padding, dilation, output_padding, groups, numbers)
+    else:
+        xla = functools.partial(
+            lax.conv_general_dilated,
             window_strides=tuple(stride),
             padding=[(p, p) for p in padding],
             rhs_dilation=tuple(dilation),
             dimension_numbers=numbers,
             feature_group_count=groups,
         )
-    else:
-        y = _transposed(x, weight, stride, padding, dilation, output_padding, groups, numbers)
+        tile = None
+        if channels_last and n_spatial == 1 and groups == 1:
+            out_channels, in_channels, kernel = weight.shape
+            tile = conv_tile(in_channels, out_channels, kernel, x.shape[1] + 2 * padding[0], stride[0], dilation[0])
+        if tile is None:
+            y = xla(x, weight)
+        else:
+            tiled = functools.partial(
+                tiled_conv1d, stride=stride[0], padding=(padding[0], padding[0]), dilation=dilation[0], tile=tile
+            )
+            # XLA's own convolution elsewhere: the tiled form was chosen by timings on CPU only.
+            y = lax.platform_dependent(x, weight, cpu=tiled, default=xla)
     if bias is not None:
         y = y + (bias if channels_last else bias.reshape((1, -1) + (1,) * n_spatial))
     return y
+
+
+# -- the tiled form of small-channel 1D convolutions --------------------------
+#
+# XLA's CPU convolution is a matrix product over C_in * k with C_out columns,
+# and its input gradient one over C_out * k with C_in columns. With few
+# channels these products are thin and run at a fraction of the machine's
+# speed: 3-60 GFLOP/s for the benchmark models' first layers (C_in = 1) and
+# InceptionTime's 8 -> 8 channel branches (kernels 9/19/39), against 100+ for
+# 16 -> 16 channels. The tiled form regroups the same convolution as a
+# convolution with fat channels: the input is cut into tiles of stride * T
+# positions, each tile's positions and channels becoming the channels
+# (stride * T * C_in) of one position of a shorter sequence, and the output
+# likewise into tiles of T positions (T * C_out channels). Output tile i reads
+# input tiles i .. i + pieces - 1, so the new convolution has `pieces` taps,
+# and its kernel is the block-Toeplitz band of the old one: a fatter product,
+# at the price of multiplying the zeros off the band. It stays an XLA
+# convolution, forward and gradient, so its results do not depend on the
+# batch size (XLA's CPU dot, for example, sums differently below ~50 rows).
+# `bench/conv_probe.py` measures both forms, layer by layer and per model.
+
+# The rule, from timings of 31 layer shapes (forward + input VJP) on a 2-core
+# EPYC: tiling won for up to 8 input and 32 output channels, with tiles giving
+# stride * T * C_in >= 32 input channels and at most 4 times the work (2.5
+# above 8 output channels, where XLA's own forward product is less thin).
+TILED_MAX_IN_CHANNELS = 8
+TILED_MAX_OUT_CHANNELS = 32
+TILED_MIN_CHANNELS = 32
+TILED_MAX_OVERHEAD = 4.0
+TILED_MAX_OVERHEAD_WIDE_OUT = 2.5
+
+
+def conv_tile(
+    in_channels: int, out_channels: int, kernel: int, padded_length: int, stride: int, dilation: int
+) -> int | None:
+    """The output tile T of the tiled lowering of a 1D convolution (`groups=1`), or `None` for XLA's own.
+
+    **Arguments:** the convolution's shape; `padded_length` is the input
+    length plus its zero padding.
+
+    **Returns:** the number of output positions per tile (a power of two,
+    at least 2), or `None` where XLA's convolution was measured as fast or
+    faster: more than `TILED_MAX_IN_CHANNELS` input or
+    `TILED_MAX_OUT_CHANNELS` output channels, windows that do not overlap
+    (dilation * (k - 1) + 1 <= stride, a kernel of size 1 among them), or
+    a tiling that would do more than `TILED_MAX_OVERHEAD` (above 8 output
+    channels `TILED_MAX_OVERHEAD_WIDE_OUT`) times the convolution's work.
+    """
+    span = dilation * (kernel - 1) + 1
+    out = (padded_length - span) // stride + 1
+    if in_channels > TILED_MAX_IN_CHANNELS or out_channels > TILED_MAX_OUT_CHANNELS or span <= stride or out < 1:
+        return None
+    limit = TILED_MAX_OVERHEAD if out_channels <= 8 else TILED_MAX_OVERHEAD_WIDE_OUT
+    tile = 2
+    while stride * tile * in_channels < TILED_MIN_CHANNELS:
+        tile *= 2
+    while tile > 2 and _overhead(tile, kernel, span, stride, out) > limit:
+        tile //= 2
+    return tile if _overhead(tile, kernel, span, stride, out) <= limit else None
+
+
+def _pieces(tile: int, span: int, stride: int) -> int:
+    """How many input tiles (of stride * tile positions) one output tile reads."""
+    return -(-(stride * (tile - 1) + span) // (stride * tile))
+
+
+def _overhead(tile: int, kernel: int, span: int, stride: int, out: int) -> float:
+    """The tiled convolution's multiply-adds over the convolution's own."""
+    # Per output position: pieces * stride * tile taps of C_in channels, not k.
+    tiles = -(-out // tile)
+    return (tiles * tile / out) * _pieces(tile, span, stride) * stride * tile / kernel
+
+
+def tiled_conv1d(
+    x: jax.Array, weight: jax.Array, *, stride: int, padding: tuple[int, int], dilation: int, tile: int
+) -> jax.Array:
+    """The 1D convolution of channels-last `x` `(N, L, C_in)` computed in tiles of `tile` output positions.
+
+    **Arguments:** `weight` `(C_out, C_in, k)` (`groups=1`); `padding` the
+    zeros added on the left and right.
+
+    **Returns:** `(N, L_out, C_out)`, equal to `lax.conv_general_dilated` up
+    to the order of the floating-point sums.
+    """
+    out_channels, in_channels, kernel = weight.shape
+    n, length = x.shape[0], x.shape[1]
+    span = dilation * (kernel - 1) + 1
+    out = (length + padding[0] + padding[1] - span) // stride + 1
+    tiles = -(-out // tile)
+    step = stride * tile  # input positions per tile
+    pieces = _pieces(tile, span, stride)
+    # Pad (or crop) to whole input tiles, then fold each tile into channels.
+    right = (tiles + pieces - 1) * step - length - padding[0]
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (padding[0], right, 0), (0, 0, 0)])
+    x = x.reshape(n, tiles + pieces - 1, step * in_channels)
+    y = lax.conv_general_dilated(
+        x, _band(weight, tile, pieces, stride, dilation), (1,), [(0, 0)], dimension_numbers=("NHC", "HIO", "NHC")
+    )
+    return y.reshape(n, tiles * tile, out_channels)[:, :out]
+
+
+def _band(weight: jax.Array, tile: int, pieces: int, stride: int, dilation: int) -> jax.Array:
+    """The tiled kernel `(pieces, stride * tile * C_in, tile * C_out)`.
+
+    Input position s of a window of `pieces` tiles feeds output position t of
+    the tile through tap `(s - stride t) / dilation` when that is a whole tap.
+    """
+    out_channels, in_channels, kernel = weight.shape
+    s, t, k = np.ogrid[: pieces * stride * tile, :tile, :kernel]
+    taps = (s == stride * t + dilation * k).astype(weight.dtype)
+    # (window, tile, C_out, C_in); each entry sums at most one product with 1.
+    band = lax.dot_general(jnp.asarray(taps), weight, (((2,), (2,)), ((), ())), precision=lax.Precision.HIGHEST)
+    return band.transpose(0, 3, 1, 2).reshape(pieces, stride * tile * in_channels, tile * out_channels)
+
+
+# -- transposed convolutions --------------------------------------------------
 
 
 def _transposed_kernel(weight: jax.Array, groups: int) -> jax.Array:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from unittest import mock
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_converts
+from helpers import assert_converts, precision
+from jax import lax
+
+import jaxjac
+from jaxjac.converters import conv
+from jaxjac.converters.conv import conv_tile, tiled_conv1d
 
 DTYPES = ("float32", "float64")
 CHANNELS, LENGTH = 3, 17
@@ -122,3 +131,122 @@ def test_conv_transpose1d(make: Callable[[], nn.Module], dtype: str) -> None:
 @pytest.mark.parametrize(("make", "dtype"), _cases(FUNCTIONAL, lambda f: f))
 def test_functional(make: Callable[[], nn.Module], dtype: str) -> None:
     assert_converts(make(), SAMPLE, dtype, n=2)
+
+
+# -- the tiled lowering of small-channel 1D convolutions (converters/conv.py) ---
+#
+# `(in_channels, length, Conv1d options)`: every case takes the tiled path on
+# CPU (`conv_tile` gives a tile), with tiles of several sizes, windows
+# spanning several input tiles, strides, dilations, outputs that end mid-tile
+# and inputs whose tail no window reads.
+TILED = {
+    "one-channel-k7": (1, 40, dict(out_channels=8, kernel_size=7, padding=3)),
+    "one-channel-k7-stride2": (1, 41, dict(out_channels=16, kernel_size=7, stride=2, padding=3)),
+    "one-channel-one-out-k5": (1, 64, dict(out_channels=1, kernel_size=5, padding=2)),
+    "long-k39-same": (8, 60, dict(out_channels=8, kernel_size=39, padding="same", bias=False)),
+    "k19-same": (8, 45, dict(out_channels=8, kernel_size=19, padding="same")),
+    "k9-stride3-dilation2": (4, 50, dict(out_channels=4, kernel_size=9, stride=3, dilation=2, padding=5)),
+    "k4-even-same": (3, 23, dict(out_channels=5, kernel_size=4, padding="same")),
+    "k6-stride2-unread-tail": (2, 27, dict(out_channels=8, kernel_size=6, stride=2)),
+    "out32-k7": (2, 30, dict(out_channels=32, kernel_size=7, padding=3)),
+    "k5-reflect": (3, 33, dict(out_channels=4, kernel_size=5, padding=2, padding_mode="reflect")),
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "sample", "dtype"),
+    [
+        pytest.param(lambda c=c, o=o: nn.Conv1d(c, **o), (c, n), dtype, id=f"{name}-{dtype}")
+        for name, (c, n, o) in TILED.items()
+        for dtype in DTYPES
+    ],
+)
+def test_conv1d_tiled(make: Callable[[], nn.Module], sample: tuple[int, int], dtype: str) -> None:
+    tiles = []
+
+    def rule(*shape: int) -> int | None:
+        tiles.append(conv_tile(*shape))
+        return tiles[-1]
+
+    with mock.patch.object(conv, "conv_tile", rule):
+        assert_converts(make(), sample, dtype, n=2)
+    assert tiles and None not in tiles, f"the case should take the tiled path; tiles {tiles}"
+
+
+# `(C_in, C_out, k, L, stride, dilation, (left, right) padding)`; negative right padding crops.
+TILED_SHAPES = [
+    (1, 8, 7, 50, 1, 1, (3, 3)),
+    (8, 8, 39, 64, 1, 1, (19, 19)),
+    (3, 4, 5, 17, 3, 1, (4, 4)),
+    (3, 4, 4, 17, 2, 2, (3, 3)),
+    (2, 5, 3, 10, 2, 1, (0, 0)),
+    (3, 4, 3, 8, 1, 3, (2, 5)),
+    (2, 3, 3, 12, 1, 1, (1, -2)),
+]
+TILED_RTOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + f"-pad{s[6][0]}_{s[6][1]}")
+def test_tiled_conv1d_equals_xla_conv(shape: tuple, dtype: str) -> None:
+    """Every tile size, forward and input gradient, against `lax.conv_general_dilated` to rounding."""
+    c_in, c_out, kernel, length, stride, dilation, padding = shape
+    rng = np.random.default_rng(0)
+    with precision(dtype):
+        x = jnp.asarray(rng.standard_normal((3, length, c_in)), dtype)
+        w = jnp.asarray(rng.standard_normal((c_out, c_in, kernel)), dtype)
+
+        def xla(x):
+            return lax.conv_general_dilated(
+                x, w, (stride,), [padding], rhs_dilation=(dilation,), dimension_numbers=("NHC", "OIH", "NHC")
+            )
+
+        expected, vjp = jax.vjp(xla, x)
+        cotangent = jnp.asarray(rng.standard_normal(expected.shape), dtype)
+        (expected_grad,) = vjp(cotangent)
+        for tile in (1, 2, 3, 4, 8, 64):
+            tiled = jax.jit(
+                lambda x, tile=tile: tiled_conv1d(x, w, stride=stride, padding=padding, dilation=dilation, tile=tile)
+            )
+            actual, vjp = jax.vjp(tiled, x)
+            (grad,) = vjp(cotangent)
+            assert actual.dtype == expected.dtype
+            for a, e, what in ((actual, expected, "values"), (grad, expected_grad, "input gradient")):
+                assert a.shape == e.shape, f"tile {tile}: {what} shape {a.shape} != {e.shape}"
+                err = float(np.max(np.abs(np.asarray(a) - np.asarray(e))) / np.max(np.abs(np.asarray(e))))
+                assert err <= TILED_RTOL[dtype], f"tile {tile}: {what} relative error {err:.3g} ({dtype})"
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((1, 8, 7, 230, 1, 1), 8),  # seed-cnn's first layer
+        ((8, 16, 5, 116, 1, 1), 4),
+        ((1, 16, 7, 230, 2, 1), 4),  # resnet1d's stem
+        ((8, 8, 9, 232, 1, 1), 4),  # InceptionTime's branches
+        ((8, 8, 39, 262, 1, 1), 4),
+        ((1, 8, 63, 286, 1, 1), 32),
+        ((8, 8, 5, 228, 2, 1), 2),
+        ((16, 16, 3, 58, 1, 1), None),  # more input channels: XLA's own
+        ((1, 64, 7, 230, 1, 1), None),  # more output channels
+        ((32, 8, 1, 224, 1, 1), None),  # windows that do not overlap
+        ((8, 8, 2, 224, 2, 1), None),
+        ((1, 8, 3, 224, 1, 1), 4),
+        ((8, 16, 3, 226, 2, 1), None),  # even 2-position tiles would do 2.7 times the work
+    ],
+)
+def test_conv_tile_rule(shape: tuple[int, ...], expected: int | None) -> None:
+    assert conv_tile(*shape) == expected
+
+
+@pytest.mark.parametrize(("in_channels", "tiled"), [(8, True), (16, False)])
+def test_tiled_conv_reaches_the_compiled_program(in_channels: int, tiled: bool) -> None:
+    """On CPU the rule's choice reaches the compiled program, with no conditional left in it."""
+    net = nn.Conv1d(in_channels, 8, 9, padding=4).eval()
+    model = jaxjac.convert(net, torch.zeros(1, in_channels, 32), check=False)
+    hlo = jax.jit(model.__call__).lower(jnp.zeros((2, in_channels, 32))).compile().as_text()
+    # Untiled, XLA convolves the 32 positions (plus padding); tiled, 8 + 2 tiles of 4.
+    convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert len(convolutions) == 1
+    assert ("window={size=3}" in convolutions[0]) == tiled
+    assert "conditional" not in hlo
