@@ -55,6 +55,41 @@ def test_writes_jacobians_with_json_summary(artifact, tmp_path, capsys, cache):
     assert not (tmp_path / "J.npy.progress.json").exists() and not (tmp_path / "J.npy.partial").exists()
 
 
+def test_json_summary_times_the_phases(artifact, tmp_path, capsys, cache):
+    make_data(tmp_path / "X.npy", 9)
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), "--json", *cache]
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)
+    phases = info["phases"]
+    parts = ("prepare", "setup", "stream", "finish")
+    assert all(phases[name] >= 0 for name in parts)
+    assert phases["stream"] == pytest.approx(info["seconds"], abs=1e-3)
+    assert phases["setup"] >= info["compile_seconds"] - 1e-3
+    assert sum(phases[name] for name in parts) == pytest.approx(phases["total"], abs=5e-3)
+    assert phases["finished_at"] - phases["started_at"] == pytest.approx(phases["total"], abs=5e-3)
+
+
+def test_command_line_exit_skips_the_last_collection(artifact, tmp_path):
+    # main() run as the program (argv None) freezes the collector before the interpreter exits;
+    # main([...]) called from Python (as in these tests) leaves it alone.
+    make_data(tmp_path / "X.npy", 5)
+    argv = ["jaxjac", "jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy")]
+    argv += ["--quiet", "--compile-cache", str(tmp_path / "xla")]
+    code = (
+        "import gc, sys\n"
+        "from jaxjac.cli import main\n"
+        f"argv = {argv!r}\n"
+        "assert main(argv[1:] + ['--force']) == 0 and gc.get_freeze_count() == 0\n"
+        "sys.argv = argv + ['--force']\n"
+        "code = main()\n"
+        "assert gc.get_freeze_count() > 0, 'not frozen'\n"
+        "raise SystemExit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "J.npy").shape == (5, N_CLASSES, *SAMPLE_SHAPE)
+
+
 def test_labels_and_log_probs(artifact, tmp_path, cache):
     x = make_data(tmp_path / "X.npy", 10)
     y = np.arange(10) % N_CLASSES

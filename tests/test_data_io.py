@@ -360,6 +360,32 @@ def test_free_space(tmp_path):
         check_free_space(tmp_path / "no" / "J.npy", 1)
 
 
+def test_npy_writes_start_their_writeback(tmp_path, monkeypatch):
+    import jaxjac._writers as writers
+
+    started = []
+    monkeypatch.setattr(writers, "_start_writeback", lambda fd, offset, n: started.append((offset, n)))
+    w = create_writer(tmp_path / "J.npy", shape=OUT_SHAPE, dtype="float32", overwrite=False)
+    w.write(24, _rows(24, 40))
+    w.write(0, _rows(0, 24))
+    w.close()
+    row = 3 * 1 * 8 * 4
+    header = os.path.getsize(tmp_path / "J.npy") - OUT_SHAPE[0] * row
+    assert started == [(header + 24 * row, 16 * row), (header, 24 * row)]  # each write's own bytes, as written
+
+
+def test_writeback_hint_never_fails(tmp_path):
+    from jaxjac._writers import _start_writeback
+
+    _start_writeback(-1, 0, 4096)  # a bad file descriptor: the hint is dropped, nothing raises
+    r, w = os.pipe()  # sync_file_range refuses pipes (ESPIPE): the same
+    try:
+        _start_writeback(w, 0, 4096)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_float16_overflow_noted(tmp_path):
     w = create_writer(tmp_path / "J.npy", shape=(2, 3), dtype="float16", overwrite=False)
     w.write(0, np.array([[1.0, 1e6, -1e6], [0, 0, 0]], np.float32))

@@ -8,6 +8,7 @@ import json
 import shlex
 import signal
 import threading
+import time
 from pathlib import Path
 
 from .._errors import JaxjacError
@@ -124,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Check the inputs and the output, then stream the Jacobians (see `jaxjac._run.run_jacobian`)."""
+    started = _Clock()
     import jax
 
     from .. import _distributed as dist
@@ -143,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             if error is not None:
                 raise error
             raise JaxjacError(f"another process of this job failed; process {jax.process_index()} stops too")
+        job.started = started
         return _execute(args, job)
 
 
@@ -167,6 +170,13 @@ def _stdout_to_stderr():
 
 class _Job:
     """Everything checked before the first batch: model, reader, labels, writer, sidecar."""
+
+
+class _Clock:
+    """A moment, as Unix time (comparable across processes) and as `perf_counter` (for durations)."""
+
+    def __init__(self) -> None:
+        self.unix, self.counter = time.time(), time.perf_counter()
 
 
 def _prepare(args: argparse.Namespace) -> _Job:
@@ -299,6 +309,7 @@ def _execute(args: argparse.Namespace, job: _Job) -> int:
         checkpoint(0)
     stop, received = threading.Event(), []
     progress = Progress(total=job.shape[0], initial=job.start_row, devices=jax.device_count(), enabled=not args.quiet)
+    prepared = time.perf_counter()
     with _signals_stop(stop, received):
         try:
             result = run_jacobian(
@@ -320,10 +331,12 @@ def _execute(args: argparse.Namespace, job: _Job) -> int:
         finally:
             progress.close()
             job.reader.close()
+    ran = time.perf_counter()
     job.writer.close(complete=not result.interrupted)  # a finished output is renamed from OUT.partial onto OUT
     info = summary(result, output=str(job.path), platform=jax.devices()[0].platform, rows_total=job.shape[0])
     if result.interrupted:
         info["resume_command"] = command
+        info["phases"] = _phases(job.started, prepared, ran, result)
         _report(args, info)
         from ._common import print_error
 
@@ -341,8 +354,31 @@ def _execute(args: argparse.Namespace, job: _Job) -> int:
             )
         )
     job.sidecar.unlink(missing_ok=True)
+    info["phases"] = _phases(job.started, prepared, ran, result)
     _report(args, info)
     return 0
+
+
+def _phases(started: _Clock, prepared: float, ran: float, result) -> dict:
+    """Where this process's time went, in seconds, from the start of the command to its report.
+
+    `prepare`: load the model, open the data, create the output; `setup`: compile
+    (`compile_seconds` of it), put the model on the devices, start the threads;
+    `stream`: read, compute, write (`seconds`); `finish`: close the output (fsync,
+    rename onto OUT) and gather the summary.
+    `started_at`/`finished_at` are Unix times, so that a caller can tell the
+    interpreter's start-up and exit apart from the command.
+    """
+    finished = _Clock()
+    return {
+        "prepare": round(prepared - started.counter, 3),
+        "setup": round(ran - prepared - result.seconds, 3),
+        "stream": round(result.seconds, 3),
+        "finish": round(finished.counter - ran, 3),
+        "total": round(finished.counter - started.counter, 3),
+        "started_at": round(started.unix, 3),
+        "finished_at": round(finished.unix, 3),
+    }
 
 
 _REAL_STDOUT: list[int] = []  # the original stdout while fd 1 goes to stderr
