@@ -16,7 +16,7 @@ class Progress:
     called from the writer thread.
     """
 
-    def __init__(self, *, total: int, initial: int, devices: int, enabled: bool) -> None:
+    def __init__(self, *, total: int, initial: int, devices: int, enabled: bool, task: str = "jacobian") -> None:
         self._bar = None
         self._lock = threading.Lock()
         if enabled and sys.stderr.isatty():
@@ -29,7 +29,7 @@ class Progress:
                 unit_scale=True,
                 dynamic_ncols=True,
                 file=sys.stderr,
-                desc=f"jacobian [{devices} device{'s' if devices != 1 else ''}]",
+                desc=f"{task} [{devices} device{'s' if devices != 1 else ''}]",
             )
 
     def update(self, n: int) -> None:

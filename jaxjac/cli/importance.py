@@ -234,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
         ).check(model)
         batch_size = -(-args.batch_size // jax.device_count()) * jax.device_count()
         stop, received = threading.Event(), []
-        progress = Progress(total=reader.n_samples, initial=0, devices=jax.device_count(), enabled=not args.quiet)
+        progress = Progress(
+            total=reader.n_samples, initial=0, devices=jax.device_count(), enabled=not args.quiet, task="importance"
+        )
         start = time.perf_counter()
         with _signals_stop(stop, received):
             try:
