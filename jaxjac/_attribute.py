@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._batching import round_to_devices
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
 from ._model import ConvertedModel
@@ -144,8 +145,8 @@ def attribute(
         AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision),
     )
     start = resolve_baseline(model, baseline, mean=lambda: feature_mean(reader))
-    out = ArrayWriter(attribution_shape(model, reader.n_samples, options.target), model.dtype)
-    size = _batch_size(batch_size, reader.n_samples)
+    out = ArrayWriter(attribution_shape(model.spec, reader.n_samples, options.target), model.dtype)
+    size = batch_size_for(batch_size, reader.n_samples)
     stream_attributions(model, reader, out, options, start, labels=labels, batch_size=size)
     return out.array
 
@@ -178,12 +179,11 @@ def _used_labels(options: AttributionOptions, labels: np.ndarray | None) -> np.n
     return labels if options.target == "label" else None
 
 
-def _batch_size(batch_size: int, n: int) -> int:
+def batch_size_for(batch_size: int, n: int) -> int:
+    """`batch_size`, no larger than the data needs, rounded up to a multiple of the device count."""
     if batch_size < 1:
         raise JaxjacError(f"batch_size must be a positive integer; got {batch_size}")
-    devices = jax.device_count()
-    size = min(batch_size, max(n, 1))
-    return -(-size // devices) * devices
+    return round_to_devices(min(batch_size, max(n, 1)), jax.device_count())
 
 
 def array_reader(model: ConvertedModel, x: Any) -> Reader:

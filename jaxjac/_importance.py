@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ._attribute import ArrayWriter, _batch_size, array_reader, feature_mean, stream_attributions
+from ._attribute import ArrayWriter, array_reader, batch_size_for, feature_mean, stream_attributions
 from ._durable import replace_atomically
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_shape, check_options, resolve_baseline
 from ._model import ConvertedModel
-from ._reduce import STATISTICS, Accumulator, bootstrap_confidence, group_statistics, reduction_program
+from ._reduce import STATISTICS, Accumulator, bootstrap_confidence, group_statistics, reduction_program, score_values
 from ._run import RunResult, check_labels, run_stream
 from ._versions import package_version
 
@@ -163,7 +163,9 @@ def importance(
         wavelengths=wavelengths,
         class_names=class_names,
     )
-    return compute_importance(model, reader, plan, labels=labels, batch_size=_batch_size(batch_size, reader.n_samples))
+    return compute_importance(
+        model, reader, plan, labels=labels, batch_size=batch_size_for(batch_size, reader.n_samples)
+    )
 
 
 def _default_target(target: str | int | None, labels: np.ndarray | None) -> str | int:
@@ -271,16 +273,19 @@ def compute_importance(
     report = ImportanceReport(data, run=run)
     if not (plan.evaluate or plan.randomization or plan.keep_attributions):
         return report
-    rows = _evaluation_rows(reader, plan.eval_samples)
-    x_sub = np.stack([reader.read(int(i), int(i) + 1)[0] for i in rows]) if rows.size else None
-    if x_sub is None:
+    rows, x_sub = _evaluation_rows(reader, plan.eval_samples)
+    if not rows.size:
         return report
     y_sub = labels[rows] if labels is not None else None
-    phase(f"per-sample attributions of {rows.size} evaluation rows")
-    a_sub = _attributions(model, x_sub, options, baseline, y_sub, batch_size)
-    predicted = np.asarray(model(x_sub)).reshape(rows.size, -1).argmax(axis=1)
-    report.attributions = a_sub.reshape(rows.size, -1, math.prod(model.sample_shape)).mean(axis=1)
-    report.rows, report.classes = rows, (y_sub if y_sub is not None else predicted)
+    if plan.keep_attributions:
+        phase(f"per-sample attributions of {rows.size} evaluation rows")
+        a_sub = _attributions(model, x_sub, options, baseline, y_sub, batch_size)
+        report.attributions = a_sub.reshape(rows.size, -1, math.prod(model.sample_shape)).mean(axis=1)
+        if y_sub is None:
+            classes = np.asarray(model(x_sub)).reshape(rows.size, -1).argmax(axis=1)
+        else:
+            classes = y_sub
+        report.rows, report.classes = rows, classes
     if plan.evaluate:
         from ._evaluate import selection_curves
 
@@ -298,7 +303,8 @@ def compute_importance(
 
         def scores_of(m: ConvertedModel, xs: np.ndarray) -> np.ndarray:
             a = _attributions(m, xs, options, baseline, y_sub, batch_size)
-            return _score_of(a.reshape(xs.shape[0], -1, math.prod(model.sample_shape)), plan.score)
+            a = a.reshape(xs.shape[0], -1, math.prod(model.sample_shape))  # (S, M, F)
+            return score_values(a, plan.score).mean(axis=(0, 1))
 
         data["randomization"] = randomization_check(model, x_sub, scores_of, top_k=plan.top_k, seed=options.seed)
     return report
@@ -306,23 +312,19 @@ def compute_importance(
 
 def _attributions(model, x, options, baseline, labels, batch_size) -> np.ndarray:
     reader = array_reader(model, x)
-    out = ArrayWriter(attribution_shape(model, x.shape[0], options.target), model.dtype)
+    out = ArrayWriter(attribution_shape(model.spec, x.shape[0], options.target), model.dtype)
     stream_attributions(model, reader, out, options, baseline, labels=labels, batch_size=batch_size)
     return out.array
 
 
-def _score_of(a: np.ndarray, score: str) -> np.ndarray:
-    """Per-feature scores `(F,)` of attributions `(S, M, F)`."""
-    values = np.abs(a) if score == "mean_abs" else a * a if score == "mean_sq" else a
-    return values.mean(axis=(0, 1))
-
-
-def _evaluation_rows(reader: Any, limit: int) -> np.ndarray:
-    """Up to `limit` evenly spaced rows whose inputs are finite."""
+def _evaluation_rows(reader: Any, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` evenly spaced rows whose inputs are finite: `(rows, samples)`, each read once."""
     n = reader.n_samples
     rows = np.unique(np.linspace(0, n - 1, min(limit, n)).round().astype(np.int64)) if n else np.zeros(0, np.int64)
-    keep = [i for i in rows if np.isfinite(reader.read(int(i), int(i) + 1)).all()]
-    return np.asarray(keep, np.int64)
+    samples = [reader.read(int(i), int(i) + 1)[0] for i in rows]
+    keep = [k for k, x in enumerate(samples) if np.isfinite(x).all()]
+    x = np.stack([samples[k] for k in keep]) if keep else np.zeros((0, *reader.sample_shape), reader.dtype)
+    return rows[keep], x
 
 
 def _describe_baseline(baseline: Any) -> str:

@@ -19,6 +19,7 @@ input, so a perturbation never changes which output is explained.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,11 +108,11 @@ def check_options(model: ConvertedModel, options: AttributionOptions) -> Attribu
     return AttributionOptions(**{**options.__dict__, **changes, "samples": int(options.samples)})
 
 
-def attribution_shape(model: ConvertedModel, n: int, target: str | int) -> tuple[int, ...]:
-    """`(n, K, *sample_shape)` for target ``"all"``, else `(n, *sample_shape)`."""
+def attribution_shape(spec: ModelSpec, n: int, target: str | int) -> tuple[int, ...]:
+    """`(n, K, *sample_shape)` for target ``"all"``, else `(n, *sample_shape)`, for `model.spec`."""
     if target == "all":
-        return (n, model.n_outputs, *model.sample_shape)
-    return (n, *model.sample_shape)
+        return (n, math.prod(spec.output_shape), *spec.sample_shape)
+    return (n, *spec.sample_shape)
 
 
 def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +152,7 @@ def attribution_core(
 
     **Returns:** `(core, consts)`, where `core(consts, x, labels, rows, baseline)`
     maps a batch `x` `(B, *sample_shape)` to attributions of shape
-    `attribution_shape(model, B, target)`. `labels` `(B,)` is used by target
+    `attribution_shape(model.spec, B, target)`. `labels` `(B,)` is used by target
     ``"label"``; `rows` `(B,)` int32 (absolute row indices) seeds the noise;
     `baseline` `(*sample_shape)` is integrated gradients' starting point.
     `consts` holds the model's tensors.
@@ -225,7 +226,7 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
                     node, weight = node_weight
                     return total + weight * gradient_rows(params, start + node * (x - start), select), None
 
-                zero = jnp.zeros(attribution_shape_of(x, spec, every), dtype)
+                zero = jnp.zeros(attribution_shape(spec, x.shape[0], options.target), dtype)
                 total, _ = jax.lax.scan(step, zero, (jnp.asarray(nodes, dtype), jnp.asarray(weights, dtype)))
                 return per_row(x - start, total)
 
@@ -238,7 +239,7 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
                 mean = mean + delta / (j + 1).astype(dtype)
                 return (mean, m2 + delta * (g - mean)), None
 
-            zero = jnp.zeros(attribution_shape_of(x, spec, every), dtype)
+            zero = jnp.zeros(attribution_shape(spec, x.shape[0], options.target), dtype)
             (mean, m2), _ = jax.lax.scan(draw, (zero, zero), jnp.arange(options.samples))
             variance = m2 / options.samples
             if method == "smoothgrad":
@@ -248,12 +249,6 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
             return variance  # vargrad
 
     return core
-
-
-def attribution_shape_of(x: jax.Array, spec: ModelSpec, every: bool) -> tuple[int, ...]:
-    """The attribution shape of a batch `x` (the traced twin of `attribution_shape`)."""
-    k = int(np.prod(spec.output_shape))
-    return (x.shape[0], k, *x.shape[1:]) if every else tuple(x.shape)
 
 
 def resolve_baseline(model: ConvertedModel, baseline: Any, mean: Callable[[], np.ndarray] | None = None) -> np.ndarray:

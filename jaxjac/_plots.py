@@ -61,6 +61,21 @@ def _stem(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix.lower() in (".png", ".svg") else path
 
 
+def figure_stems(path: str | Path) -> dict[str, Path]:
+    """Where `plot_all` puts each figure for `path`: `<stem>`, `<stem>-heatmap`, `<stem>-curves`."""
+    stem = _stem(path)
+    return {
+        "profile": stem,
+        "heatmap": stem.with_name(stem.name + "-heatmap"),
+        "curves": stem.with_name(stem.name + "-curves"),
+    }
+
+
+def figure_files(path: str | Path) -> list[Path]:
+    """Every file `plot_all` may write for `path`: each figure's PNG and SVG."""
+    return [stem.with_name(stem.name + suffix) for stem in figure_stems(path).values() for suffix in (".png", ".svg")]
+
+
 def _render(path: str | Path, figsize: tuple[float, float], draw: Callable) -> list[Path]:
     """Draw with `draw(fig)` on a fresh Agg figure and write `<stem>.png` and `<stem>.svg`."""
     matplotlib, Figure, FigureCanvasAgg = _matplotlib()
@@ -575,13 +590,11 @@ def plot_all(
 
     **Returns:** all written paths, profile first.
     """
-    stem = _stem(path)
-    out = plot_profile(report, stem)
+    stems = figure_stems(path)
+    out = plot_profile(report, stems["profile"])
     if attributions is not None:
         kind = "true" if (report.get("per_class") or {}).get("true") else "predicted"
-        out += plot_heatmap(
-            attributions, classes, stem.with_name(stem.name + "-heatmap"), report=report, class_kind=kind
-        )
+        out += plot_heatmap(attributions, classes, stems["heatmap"], report=report, class_kind=kind)
     if report.get("evaluation"):
-        out += plot_curves(report, stem.with_name(stem.name + "-curves"))
+        out += plot_curves(report, stems["curves"])
     return out

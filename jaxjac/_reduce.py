@@ -95,7 +95,7 @@ def reduction_program(
         flat = a.reshape(b, -1)
         powers = jnp.stack([flat, jnp.abs(flat), flat * flat, (flat * flat) ** 2])
         sums = jnp.einsum("bg,pbf->pgf", weights, powers, precision=precision)
-        per_row_score = _score_values(a, score).mean(axis=1)  # (B, F)
+        per_row_score = score_values(a, score).mean(axis=1)  # (B, F)
         draws = jax.vmap(lambda row: jax.random.poisson(jax.random.fold_in(boot_key, row), 1.0, (replicates,)))(rows)
         draws = jnp.where(valid[:, None], draws, 0).astype(a.dtype)
         return {
@@ -109,9 +109,10 @@ def reduction_program(
     return program, {"params": model.tensors(), "baseline": baseline}, groups
 
 
-def _score_values(a: jax.Array, score: str) -> jax.Array:
+def score_values(a: Any, score: str) -> Any:
+    """The per-row values whose mean is `score`: `|a|`, `a**2` or `a`; for jax and numpy arrays alike."""
     if score == "mean_abs":
-        return jnp.abs(a)
+        return abs(a)
     if score == "mean_sq":
         return a * a
     return a

@@ -124,8 +124,7 @@ def run_jacobian(
     **Returns:** a `RunResult`. Rows whose input holds NaN or Inf are written as NaN
     and counted; every other row equals `jaxjac.jacobian(model, X, batch_size=batch_size)`.
     """
-    if labels is not None:
-        labels = check_labels(labels, reader.n_samples, model.n_outputs)
+    labels = None if labels is None else np.asarray(labels)  # run_stream validates them
     core, tensors = batch_jacobian_core(
         model,
         target=target if labels is None else labels[:0],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -63,4 +64,6 @@ def require_new_file(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise JaxjacError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
-        raise JaxjacError(f"cannot write {path}: directory {path.parent} does not exist")
+        raise JaxjacError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise JaxjacError(f"cannot write {path}: folder {path.parent} is not writable")

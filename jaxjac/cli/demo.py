@@ -102,13 +102,12 @@ def run(args: argparse.Namespace) -> int:
 
     import jaxjac
     from jaxjac._check import format_report, relative_error
+    from jaxjac._plots import figure_files
     from jaxjac.example import load_example_bands, load_example_data, load_example_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     paths = {"J": args.out / "J.npy", "model": args.out / "spectra_cnn.jaxjac", "report": args.out / "importance.json"}
-    plots = [
-        args.out / f"importance{part}{suffix}" for part in ("", "-heatmap", "-curves") for suffix in (".png", ".svg")
-    ]
+    plots = figure_files(args.out / "importance.png")
     for path in [*paths.values(), *plots]:  # fail before the work, not after
         require_new_file(path, args.force)
 

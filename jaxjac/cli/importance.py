@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .._errors import JaxjacError
-from ._common import print_note, sha256_of
+from ._common import print_note, require_new_file, sha256_of
 
 DESCRIPTION = """\
 Rank the features (e.g. spectral bands) of a dataset by how much a converted
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     """Check every input and output path, then compute, save and plot the importance report."""
     import jax
 
-    from .._batching import default_cache_dir, enable_compile_cache
+    from .._batching import default_cache_dir, enable_compile_cache, round_to_devices
     from .._importance import ImportancePlan, compute_importance
     from .._methods import AttributionOptions
     from .._progress import Progress
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     cache = args.compile_cache or default_cache_dir()
     enable_compile_cache(None if str(cache) == "off" else cache)
-    _planned_outputs(args)
+    _check_outputs(args)
     model = _load_model(args.model)
     reader = open_reader(
         args.data, sample_shape=model.sample_shape, dtype=model.dtype, key=args.key, cube=args.cube, flag="DATA"
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 "labels": str(args.labels) if args.labels else None,
             },
         ).check(model)
-        batch_size = -(-args.batch_size // jax.device_count()) * jax.device_count()
+        batch_size = round_to_devices(args.batch_size, jax.device_count())
         stop, received = threading.Event(), []
         progress = Progress(
             total=reader.n_samples, initial=0, devices=jax.device_count(), enabled=not args.quiet, task="importance"
@@ -284,28 +284,19 @@ def _phases(args: argparse.Namespace, progress):
     return announce
 
 
-def _planned_outputs(args: argparse.Namespace) -> list[Path]:
-    """Every file this run will write; refuse before any work if one exists (without --force) or cannot be made."""
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse before any work if a file this run will write exists (without --force) or cannot be made."""
     paths = []
     if args.out is not None:
         paths.append(args.out)
     if args.plot is not None:
-        stem = args.plot.with_suffix("") if args.plot.suffix in (".png", ".svg") else args.plot
-        for name in (stem.name, f"{stem.name}-heatmap", f"{stem.name}-curves"):
-            paths += [stem.with_name(f"{name}.png"), stem.with_name(f"{name}.svg")]
-    for path in paths:
-        if path.exists() and not args.force:
-            raise JaxjacError(f"{path} already exists; pass --force to overwrite it (or choose another path)")
-        folder = path.parent if str(path.parent) else Path(".")
-        if not folder.is_dir():
-            raise JaxjacError(f"cannot write {path}: folder {folder} does not exist")
-        import os
+        from .._plots import figure_files
 
-        if not os.access(folder, os.W_OK):
-            raise JaxjacError(f"cannot write {path}: folder {folder} is not writable")
+        paths += figure_files(args.plot)
+    for path in paths:
+        require_new_file(path, args.force)
     if not paths:
         _note(args, "nothing will be saved: pass -o importance.json and/or --plot importance.png")
-    return paths
 
 
 def _baseline(text: str, flag: str):
