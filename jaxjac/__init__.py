@@ -20,6 +20,8 @@ if not _os.path.isdir(_os.path.join(__path__[0], "converters")) and _os.path.isf
 ):
     __path__.append(_checkout)
 
+from typing import TYPE_CHECKING
+
 from ._artifact import load as load
 from ._artifact import save as save
 from ._attribute import attribute as attribute
@@ -31,9 +33,12 @@ from ._importance import ImportanceReport as ImportanceReport
 from ._importance import importance as importance
 from ._jacobian import jacobian as jacobian
 from ._jacobian import jacobian_fn as jacobian_fn
-from ._model import Buffer as Buffer
-from ._model import ConvertedModel as ConvertedModel
 from ._versions import package_version as _package_version
+
+if TYPE_CHECKING:
+    from ._convert import convert as convert
+    from ._model import Buffer as Buffer
+    from ._model import ConvertedModel as ConvertedModel
 
 __version__ = _package_version("jaxjac") or "0+unknown"
 
@@ -55,11 +60,25 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # `convert` needs torch; import it only when asked, so that loading and
-    # running a converted model works in an environment without torch.
-    if name == "convert":
-        from ._convert import convert
+# Imported on first use: `convert` needs torch, so that loading and running a
+# converted model works without torch; the Flax module imports Flax (a third
+# of a second), which `jaxjac jacobian` never needs.
+_LAZY = {
+    "convert": "._convert",
+    "ConvertedModel": "._model",
+    "Buffer": "._model",
+}
 
-        return convert
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'jaxjac' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

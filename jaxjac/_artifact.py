@@ -4,7 +4,8 @@ The file is a plain safetensors file. Its tensors are the model's parameters
 and buffers by dotted torch name; its `__metadata__` holds, as JSON strings,
 the lowered graph, the model spec, which tensors are `nnx.Param`, and the
 conversion metadata. Nothing is pickled, and loading needs neither torch nor
-the model's Python code.
+the model's Python code, and reading one as a `GraphModel` (what
+`jaxjac jacobian` does) needs not even Flax.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import secrets
 import struct
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
-from flax import nnx
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
 from ._durable import fsync_path
 from ._errors import JaxjacError
 from ._graph import Graph
-from ._model import ConvertedModel, ModelSpec
+from ._graph_model import GraphModel, ModelSpec
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 FORMAT = "jaxjac"
 FORMAT_VERSION = 1
@@ -49,6 +52,8 @@ def save(model: ConvertedModel, path: str | PathLike, *, overwrite: bool = False
     fsynced, then renamed over `path`: a crash leaves either the old file or
     the complete new one, never a half-written artifact.
     """
+    from ._model import ConvertedModel
+
     path = Path(path)
     if not isinstance(model, ConvertedModel):
         raise JaxjacError(f"save() expects a jaxjac.ConvertedModel; got {type(model).__name__}")
@@ -78,6 +83,8 @@ def _header_metadata(model: ConvertedModel) -> dict[str, str]:
 
 
 def _is_param(model: ConvertedModel, name: str) -> bool:
+    from flax import nnx
+
     node: Any = model
     for part in name.split("."):
         node = getattr(node, part)
@@ -116,6 +123,15 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
+class StoredModel(NamedTuple):
+    """The contents of an artifact: what `ConvertedModel(*stored)` takes."""
+
+    graph: Graph
+    tensors: dict[str, np.ndarray]  # by dotted torch name, in the saved order
+    parameter_names: frozenset[str]
+    spec: ModelSpec
+
+
 def load(path: str | PathLike) -> ConvertedModel:
     """Rebuild a converted model from a file written by `save`, without torch.
 
@@ -126,6 +142,19 @@ def load(path: str | PathLike) -> ConvertedModel:
     **Returns:** a `ConvertedModel` equal to the saved one: the same graph,
     tensors, `nnx.Param`/`Buffer` split and metadata.
     """
+    from ._model import ConvertedModel
+
+    return ConvertedModel(*read_artifact(path))
+
+
+def load_graph_model(path: str | PathLike) -> GraphModel:
+    """Read a `.jaxjac` file as a `GraphModel`: everything `load` reads, without building the Flax module."""
+    stored = read_artifact(path)
+    return GraphModel(stored.graph, stored.tensors, stored.spec)
+
+
+def read_artifact(path: str | PathLike) -> StoredModel:
+    """Read and check a `.jaxjac` file; every problem is a one-line `JaxjacError` naming the file."""
     path = Path(path)
     if not path.is_file():
         what = "a directory" if path.is_dir() else "no such file"
@@ -156,7 +185,7 @@ def load(path: str | PathLike) -> ConvertedModel:
         dtype=spec_json["dtype"],
         metadata_json=metadata_json,
     )
-    return ConvertedModel(graph, {name: stored[name] for name in names}, parameters, spec)
+    return StoredModel(graph, {name: stored[name] for name in names}, parameters, spec)
 
 
 def _read_metadata(path: Path, data: bytes) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -17,10 +17,12 @@ import numpy as np
 from ._batching import round_to_devices
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
-from ._model import ConvertedModel
 from ._readers import Reader
 from ._run import check_labels, run_stream
 from ._sources import ArraySource
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 
 def attribution_fn(

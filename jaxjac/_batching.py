@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
 from ._errors import JaxjacError
 from ._jacobian import batch_jacobian_core
-from ._model import ConvertedModel
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 CPU_DEFAULT_BATCH = 256
 _PROBE = 16  # per-device batch of the probe compilation
@@ -26,8 +28,12 @@ def default_cache_dir() -> Path:
 
 
 def enable_compile_cache(directory: str | os.PathLike | None) -> None:
-    """Cache compiled programs in `directory` (None: no cache), however quick they were to compile."""
+    """Cache compiled programs in `directory` (None: no cache), however quick they were to compile.
+
+    The same folder holds jaxjac's cache of whole compiled programs (`_program_cache`).
+    """
     if directory is None:
+        jax.config.update("jax_compilation_cache_dir", None)
         return
     Path(directory).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(directory))

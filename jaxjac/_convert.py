@@ -13,8 +13,9 @@ import torch
 from ._check import DEFAULT_ATOL, DEFAULT_RTOL, check_conversion
 from ._errors import JaxjacError
 from ._export import export_one_sample
+from ._graph_model import ModelSpec, output_shape_of
 from ._lower import lower_program
-from ._model import ConvertedModel, ModelSpec, output_shape_of
+from ._model import ConvertedModel
 from ._versions import versions
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -28,17 +28,19 @@ def fsync_path(path: str | os.PathLike, *, best_effort: bool = False) -> None:
         os.close(fd)
 
 
-def replace_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` so that a crash leaves the old file or the new one, never a mix.
+def replace_atomically(path: str | os.PathLike, data: str | bytes, *, mode: int = 0o666) -> Path:
+    """Write `data` to `path` so that a crash leaves the old file or the new one, never a mix.
 
-    The text goes to a temporary file beside `path`, which is fsynced, renamed
-    over `path`, and the folder fsynced.
+    The data goes to a temporary file beside `path` (created with `mode`, less
+    the umask), which is fsynced, renamed over `path`, and the folder fsynced.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    payload = data.encode() if isinstance(data, str) else data
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

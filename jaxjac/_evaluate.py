@@ -24,7 +24,9 @@ from scipy import stats
 
 from ._errors import JaxjacError
 from ._graph import Graph
-from ._model import ConvertedModel, ModelSpec, _batched_forward
+from ._graph_model import ModelSpec
+from ._graph_model import batched_forward as _batched_forward
+from ._model import ConvertedModel
 
 # A rank correlation below 0.5 means the trained ranking explains less than a
 # quarter of the randomised one's rank variance (rho^2 < 0.25): the scores

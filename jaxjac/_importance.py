@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,10 +26,12 @@ from ._attribute import ArrayWriter, array_reader, batch_size_for, feature_mean,
 from ._durable import replace_atomically
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_shape, check_options, resolve_baseline
-from ._model import ConvertedModel
 from ._reduce import STATISTICS, Accumulator, bootstrap_confidence, group_statistics, reduction_program, score_values
 from ._run import RunResult, check_labels, run_stream
 from ._versions import package_version
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 SCHEMA = "jaxjac.importance/1"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,11 @@ import numpy as np
 
 from ._errors import JaxjacError
 from ._graph import Graph
-from ._model import ConvertedModel, ModelSpec, _sample_fn
+from ._graph_model import ModelSpec
+from ._graph_model import sample_fn as _sample_fn
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 Target = Literal["all", "predicted"] | int | np.ndarray | jax.Array
 Output = Literal["logits", "probs", "log_probs"]

@@ -22,7 +22,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,12 @@ import numpy as np
 
 from ._errors import JaxjacError
 from ._graph import Graph
+from ._graph_model import ModelSpec
+from ._graph_model import sample_fn as _sample_fn
 from ._jacobian import _FORMULATIONS, DEFAULT_METHOD, PRECISIONS, _output_transform, _validate
-from ._model import ConvertedModel, ModelSpec, _sample_fn
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 ATTRIBUTION_METHODS: tuple[str, ...] = (
     "gradient",

@@ -52,6 +52,7 @@ def summary(result: RunResult, *, output: str, platform: str, rows_total: int) -
         "computed_rows": result.computed_rows,
         "seconds": round(result.seconds, 3),
         "compile_seconds": round(result.compile_seconds, 3),
+        "program_cached": result.program_cached,
         "samples_per_second": round(result.samples_per_second, 1),
         "batch_size": result.batch_size,
         "devices": result.devices,

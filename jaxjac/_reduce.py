@@ -17,14 +17,16 @@ usual bootstrap in the large-N limit, with O(replicates x features) memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._methods import AttributionOptions, attribution_and_outputs, check_options
-from ._model import ConvertedModel
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 STATISTICS: tuple[str, ...] = ("mean_abs", "mean", "mean_sq")
 _POWERS = ("a", "abs", "sq", "fourth")  # the sums kept per group

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,10 @@ import numpy as np
 from . import _distributed as dist
 from ._errors import JaxjacError
 from ._jacobian import batch_jacobian_core
-from ._model import ConvertedModel
+from ._program_cache import load_or_compile, program_key
+
+if TYPE_CHECKING:
+    from ._model import ConvertedModel
 
 # Test-only: seconds to sleep before dispatching each batch, so that tests can
 # interrupt a run reliably. Not a user setting.
@@ -47,13 +50,14 @@ class RunResult:
     slice_rows: int  # rows this process owns
     computed_rows: int  # rows computed by this call (a resumed run skips the rest)
     seconds: float  # wall time of the streaming loop, compilation excluded
-    compile_seconds: float
+    compile_seconds: float  # tracing, lowering and compiling, or loading the cached program
     batch_size: int  # global batch size (all devices, all processes)
     devices: int
     processes: int
     nonfinite_count: int = 0
     nonfinite_first: list[int] = field(default_factory=list)  # absolute row indices
     interrupted: bool = False
+    program_cached: bool = False  # the compiled program came from the program cache (see `_program_cache`)
 
     @property
     def samples_per_second(self) -> float:
@@ -137,6 +141,18 @@ def run_jacobian(
     def program(consts, x, batch_labels, rows):
         return core(consts, x, batch_labels).astype(out_dtype)
 
+    description = {
+        "program": "jacobian",
+        "graph": model.graph.to_json(),
+        "spec": [model.sample_shape, model.output_shape, model.spec.dtype],
+        "tensors": {name: [np.shape(v), str(np.asarray(v).dtype)] for name, v in tensors.items()},
+        "target": target if labels is None else None,
+        "output": output,
+        "method": method,
+        "precision": precision,
+        "dtype": str(out_dtype),
+    }
+
     return run_stream(
         model,
         reader,
@@ -151,6 +167,7 @@ def run_jacobian(
         on_rows=on_rows,
         checkpoint_seconds=checkpoint_seconds,
         prefetch=prefetch,
+        description=description,
     )
 
 
@@ -170,6 +187,7 @@ def run_stream(
     on_rows: Callable[[int], None] | None = None,
     checkpoint_seconds: float = 2.0,
     prefetch: int = 2,
+    description: dict[str, Any] | None = None,
 ) -> RunResult:
     """Stream every row of `reader` through one compiled batch program into `sink`.
 
@@ -188,6 +206,10 @@ def run_stream(
     - `sink`: for row programs a writer (`write(start, rows)`, `flush()`, as for
       `run_jacobian`); with `reduce=True` anything with `add(result)`, called
       with each batch's reduced result as numpy arrays, in batch order.
+    - `description`: a JSON-able account of everything `program` and `consts`
+      depend on besides their shapes (model graph, options), for a row program:
+      with it, the compiled program is kept in the program cache
+      (`jaxjac._program_cache`), and a rerun loads it instead of tracing again.
     - the rest as for `run_jacobian`.
     """
     mesh = dist.batch_mesh()
@@ -201,7 +223,14 @@ def run_stream(
         labels = check_labels(labels, n, model.n_outputs)
     if start_row % local_batch and start_row != row1 - row0:
         raise JaxjacError(f"start_row {start_row} is not on a batch boundary of size {local_batch}")
-    compiled, consts, compile_seconds = _compile(model, mesh, program, consts, labels, reduce, batch_size)
+    key = None
+    # Kept on CPU only, where the start-up it saves is a noticeable part of a run and
+    # where executables are known to round-trip; a GPU run is dominated by the data.
+    if description is not None and not reduce and mesh.devices.flat[0].platform == "cpu":
+        key = program_key(
+            {**description, "batch_size": batch_size, "labels": _dtype_name(labels)}, list(mesh.devices.flat)
+        )
+    compiled, consts, compile_seconds, cached = _compile(model, mesh, program, consts, labels, reduce, batch_size, key)
     steps = math.ceil(dist.process_rows(n, 0, processes)[1] / local_batch)  # the same for every process
     first_step = min(dist.all_processes(start_row // local_batch))
     stop_event = stop_event or threading.Event()
@@ -209,7 +238,7 @@ def run_stream(
         reader, sink, labels, model, row0, row1, local_batch, stop_event, on_rows, on_checkpoint, reduce
     )
     pipeline.start(first_step, steps, checkpoint_seconds, prefetch)
-    x_sharding = dist.batch_sharding(mesh)
+    to_devices = _batch_placer(dist.batch_sharding(mesh), processes)
     delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
     t0 = time.perf_counter()
     failed = True
@@ -220,11 +249,9 @@ def run_stream(
                 break
             if delay:
                 time.sleep(delay)
-            x = jax.make_array_from_process_local_data(x_sharding, item.x, (batch_size, *item.x.shape[1:]))
-            rows = jax.make_array_from_process_local_data(x_sharding, item.rows, (batch_size,))
-            args = [consts, x, rows]
+            args = [consts, to_devices(item.x), to_devices(item.rows)]
             if labels is not None:
-                args.append(jax.make_array_from_process_local_data(x_sharding, item.labels, (batch_size,)))
+                args.append(to_devices(item.labels))
             y = compiled(*args)
             for leaf in jax.tree.leaves(y):
                 leaf.copy_to_host_async()  # the device-to-host copy of this batch overlaps the next one's compute
@@ -245,11 +272,15 @@ def run_stream(
         nonfinite_count=pipeline.nonfinite_count,
         nonfinite_first=pipeline.nonfinite_first,
         interrupted=stop_event.is_set() and pipeline.completed < row1 - row0,
+        program_cached=cached,
     )
 
 
-def _compile(model, mesh, program, consts, labels, reduce, batch_size):
-    """Lower and compile the sharded program once; returns `(compiled, device consts, seconds)`."""
+def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
+    """Lower and compile the sharded program once, or load it from the program cache by `key`.
+
+    **Returns:** `(compiled, device consts, seconds, loaded from the cache)`.
+    """
     t0 = time.perf_counter()
     rep, shard = dist.replicated(mesh), dist.batch_sharding(mesh)
     consts = jax.tree.map(lambda v: _replicate(np.asarray(v), rep), consts)
@@ -269,8 +300,39 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size):
 
         specs = (c_spec, x_spec, rows_spec, jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=shard))
     # The input shardings come from the specs: batch arrays split over "batch", consts replicated.
-    compiled = jax.jit(fn, out_shardings=rep if reduce else shard).lower(*specs).compile()
-    return compiled, consts, time.perf_counter() - t0
+    compiled, cached = load_or_compile(
+        key,
+        lambda: jax.jit(fn, out_shardings=rep if reduce else shard).lower(*specs).compile(),
+        in_tree=jax.tree.structure((specs, {})),
+        out_tree=jax.tree.structure(0),  # a row program's one result array (reduce programs have no key)
+        probe_args=lambda: _probe_args(specs, consts),
+    )
+    return compiled, consts, time.perf_counter() - t0, cached
+
+
+def _probe_args(specs, consts) -> list:
+    """Arguments for one call of the compiled program: `consts`, then random batch arrays on the devices."""
+    rng = np.random.default_rng(0)
+    args = [consts]
+    for spec in specs[1:]:
+        value = rng.standard_normal(spec.shape) if np.issubdtype(spec.dtype, np.floating) else np.zeros(spec.shape)
+        args.append(jax.device_put(value.astype(spec.dtype), spec.sharding))
+    return args
+
+
+def _dtype_name(array: np.ndarray | None) -> str | None:
+    return None if array is None else str(array.dtype)
+
+
+def _batch_placer(sharding, processes: int) -> Callable[[np.ndarray], jax.Array]:
+    """Put this process's rows of a batch array on the devices, split along the batch axis."""
+    if processes == 1:
+        # The same array as below, for a fraction of the host time per batch: on
+        # CPU that time is taken from the two cores that compute.
+        return lambda local: jax.device_put(local, sharding)
+    return lambda local: jax.make_array_from_process_local_data(
+        sharding, local, (local.shape[0] * processes, *local.shape[1:])
+    )
 
 
 def _replicate(value: np.ndarray, sharding) -> jax.Array:

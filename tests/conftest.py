@@ -15,6 +15,17 @@ def _seed_torch():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_compile_cache_dir():
+    # A command run in-process points JAX's compilation cache (and with it jaxjac's
+    # program cache) at its test's folder; later tests must not share that folder.
+    import jax
+
+    saved = jax.config.jax_compilation_cache_dir
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved)
+
+
 DTYPES = ("float32", "float64")
 
 

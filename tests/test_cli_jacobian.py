@@ -1,4 +1,4 @@
-"""`jaxjac jacobian`: outputs, --labels, --json, refusals with one-line errors, and no torch needed."""
+"""`jaxjac jacobian`: outputs, --labels, --json, refusals with one-line errors, and neither torch nor Flax needed."""
 
 from __future__ import annotations
 
@@ -150,16 +150,19 @@ def test_bad_input_is_one_line_and_leaves_files(artifact, tmp_path, capsys, cach
     assert not out.exists() and not (tmp_path / "J.npy.partial").exists()
 
 
-def test_runs_without_torch(artifact, tmp_path):
+def test_runs_without_torch_or_flax(artifact, tmp_path):
+    # Neither is needed to compute from an artifact: torch may be absent, and
+    # importing Flax would cost every run a third of a second.
     x = make_data(tmp_path / "X.npy", 9)
     out = tmp_path / "S.npy"
     argv = [artifact, str(tmp_path / "X.npy"), "-o", str(out), "--target", "predicted", "--batch-size", "4"]
     argv += ["--compile-cache", str(tmp_path / "xla")]
     code = (
-        "import sys; sys.modules['torch'] = None\n"
+        "import sys; sys.modules['torch'] = sys.modules['flax'] = None  # importing either now fails\n"
         "from jaxjac.cli import main\n"
         f"code = main(['jacobian', *{argv!r}])\n"
-        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch was imported'\n"
+        "loaded = [m for m in sys.modules if sys.modules[m] is not None and m.split('.')[0] in ('torch', 'flax')]\n"
+        "assert not loaded, f'imported {loaded}'\n"
         "raise SystemExit(code)\n"
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

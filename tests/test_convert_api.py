@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import jaxjac
 from jaxjac import converters
-from jaxjac._model import _batched_forward
+from jaxjac._graph_model import batched_forward as _batched_forward
 from jaxjac.converters import registry
 
 

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     cache = args.compile_cache or default_cache_dir()
     enable_compile_cache(None if str(cache) == "off" else cache)
     _check_outputs(args)
-    model = _load_model(args.model)
+    model = _load_model(args.model, flax_module=True)  # the randomisation check splits its nnx.Params
     reader = open_reader(
         args.data, sample_shape=model.sample_shape, dtype=model.dtype, key=args.key, cube=args.cube, flag="DATA"
     )

@@ -107,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     how.add_argument(
         "--compile-cache",
         metavar="DIR|off",
-        help="persistent XLA compilation cache (default ~/.cache/jaxjac/xla)",
+        help="folder that keeps compiled programs between runs (JAX's XLA cache and, on CPU, jaxjac's "
+        "whole-program cache, so a rerun neither traces nor compiles); default ~/.cache/jaxjac/xla",
     )
     files = p.add_mutually_exclusive_group()
     files.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.progress.json")
@@ -426,15 +427,16 @@ def _signals_stop(stop: threading.Event, received: list[int]):
             signal.signal(sig, old)
 
 
-def _load_model(path: Path):
+def _load_model(path: Path, *, flax_module: bool = False):
+    """The artifact at `path`: a `GraphModel`, or with `flax_module` a `ConvertedModel` (which imports Flax)."""
     import jax
 
-    from .._artifact import _read_metadata, load
+    from .._artifact import _read_metadata, load, load_graph_model
 
     with contextlib.suppress(OSError, JaxjacError, ValueError, KeyError):  # load() explains any problem itself
         if path.is_file() and json.loads(_read_metadata(path, path.read_bytes())["spec"])["dtype"] == "float64":
             jax.config.update("jax_enable_x64", True)
-    return load(path)
+    return load(path) if flax_module else load_graph_model(path)
 
 
 def _read_labels(path: Path):

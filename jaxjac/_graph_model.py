@@ -1,0 +1,156 @@
+"""A converted model as plain data: its lowered graph, its spec and its tensors.
+
+Everything that computes with a model (forward passes, Jacobians,
+attributions, the streaming engine) needs only this, not Flax. `GraphModel`
+holds it without Flax, so that `jaxjac jacobian` does not pay for importing
+Flax at every start (about a third of a second, a few percent of a run);
+`ConvertedModel`, the public Flax NNX module, offers the same interface.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._graph import Graph
+from ._interpret import check_supported, run_graph
+
+SampleFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static facts about a converted model.
+
+    `sample_shape` is the shape of one input sample and `output_shape` the
+    shape of one sample's output (usually `(n_classes,)`). `metadata_json`
+    holds conversion metadata as JSON text, so that the spec stays hashable.
+    """
+
+    sample_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    dtype: str
+    metadata_json: str = "{}"
+
+
+class ModelInterface:
+    """What the engines use of a model: `graph`, `spec`, `tensors()`, and the facts below.
+
+    A subclass provides the `graph` and `spec` attributes and `tensors()`.
+    """
+
+    graph: Graph
+    spec: ModelSpec
+
+    def tensors(self) -> dict[str, Any]:
+        """The parameters and buffers, by dotted torch name."""
+        raise NotImplementedError
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample, without the batch axis."""
+        return self.spec.sample_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's output, without the batch axis."""
+        return self.spec.output_shape
+
+    @property
+    def n_outputs(self) -> int:
+        """The number of scalar outputs per sample (rows of one Jacobian)."""
+        return math.prod(self.spec.output_shape)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The float dtype the model computes in."""
+        return jnp.dtype(self.spec.dtype)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Conversion metadata: source, versions, the conversion check report."""
+        return json.loads(self.spec.metadata_json)
+
+    def sample_fn(self) -> tuple[SampleFn, dict[str, jax.Array]]:
+        """A pure per-sample forward and the tensors it takes.
+
+        **Returns:** `(fn, tensors)`, where `fn(tensors, x)` maps one sample
+        `x` of shape `sample_shape` to its output of shape `output_shape`.
+        `fn` is pure and can be jitted, vmapped and differentiated.
+        """
+        return sample_fn(self.graph, self.spec), self.tensors()
+
+
+class GraphModel(ModelInterface):
+    """A converted model without Flax: what `jaxjac.load` reads, before it builds the NNX module.
+
+    `tensors` maps dotted torch names to arrays, in the artifact's order.
+    """
+
+    def __init__(self, graph: Graph, tensors: Mapping[str, np.ndarray], spec: ModelSpec) -> None:
+        check_supported(graph)
+        self.graph, self.spec = graph, spec
+        float_dtype = jnp.dtype(spec.dtype)
+        self._tensors = {
+            name: np.asarray(a, float_dtype if np.issubdtype(a.dtype, np.floating) else _canonical(a.dtype))
+            for name, a in tensors.items()
+        }
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The parameters and buffers, by dotted torch name (floats in the model's dtype)."""
+        return dict(self._tensors)
+
+
+def _canonical(dtype: np.dtype) -> np.dtype:
+    # What `jnp.asarray` would make of it: int64 becomes int32 unless 64-bit JAX is on.
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def sample_fn(graph: Graph, spec: ModelSpec) -> SampleFn:
+    """The pure per-sample forward of a model structure: `fn(tensors, x)`, `x` of `spec.sample_shape`."""
+    float_dtype = jnp.dtype(spec.dtype)
+
+    def fn(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x, float_dtype).reshape((1, *spec.sample_shape))
+        (y,) = run_graph(graph, tensors, x, float_dtype)
+        return y.reshape(spec.output_shape)
+
+    return fn
+
+
+@functools.lru_cache(maxsize=64)
+def batched_forward(graph: Graph, spec: ModelSpec) -> Callable[[dict[str, jax.Array], jax.Array], jax.Array]:
+    """The jitted batch forward `(tensors, (N, *sample_shape)) -> (N, *output_shape)` of a model structure."""
+    # One jitted function per model structure, shared by every instance with
+    # that structure: eager op-by-op interpretation would be slow.
+    batched = jax.vmap(sample_fn(graph, spec), in_axes=(None, 0))
+
+    def forward(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        # True float32 products, as torch computes them (JAX's GPU default is TF32).
+        with jax.default_matmul_precision("highest"):
+            return batched(tensors, x)
+
+    return jax.jit(forward)
+
+
+def output_shape_of(
+    graph: Graph, tensors: Mapping[str, np.ndarray], sample_shape: tuple[int, ...], dtype: str
+) -> tuple[int, ...]:
+    """The per-sample output shape of `graph`, found by abstract evaluation."""
+    float_dtype = jnp.dtype(dtype)
+    abstract = {
+        name: jax.ShapeDtypeStruct(a.shape, float_dtype if np.issubdtype(a.dtype, np.floating) else _canonical(a.dtype))
+        for name, a in tensors.items()
+    }
+    x = jax.ShapeDtypeStruct((1, *sample_shape), float_dtype)
+    (y,) = jax.eval_shape(lambda t, x: run_graph(graph, t, x, float_dtype), abstract, x)
+    return tuple(y.shape[1:]) if y.ndim >= 1 and y.shape[0] == 1 else tuple(y.shape)
