@@ -24,19 +24,19 @@ from typing import TYPE_CHECKING
 
 from ._artifact import load as load
 from ._artifact import save as save
-from ._attribute import attribute as attribute
-from ._attribute import attribution_fn as attribution_fn
 from ._errors import ConversionCheckError as ConversionCheckError
 from ._errors import JaxjacError as JaxjacError
 from ._errors import UnsupportedOpError as UnsupportedOpError
-from ._importance import ImportanceReport as ImportanceReport
-from ._importance import importance as importance
 from ._jacobian import jacobian as jacobian
 from ._jacobian import jacobian_fn as jacobian_fn
 from ._versions import package_version as _package_version
 
 if TYPE_CHECKING:
+    from ._attribute import attribute as attribute
+    from ._attribute import attribution_fn as attribution_fn
     from ._convert import convert as convert
+    from ._importance import ImportanceReport as ImportanceReport
+    from ._importance import importance as importance
     from ._model import Buffer as Buffer
     from ._model import ConvertedModel as ConvertedModel
 
@@ -62,11 +62,16 @@ __all__ = [
 
 # Imported on first use: `convert` needs torch, so that loading and running a
 # converted model works without torch; the Flax module imports Flax (a third
-# of a second), which `jaxjac jacobian` never needs.
+# of a second), and neither it nor the attribution machinery is on the path of
+# `jaxjac jacobian`, whose start-up is part of every run.
 _LAZY = {
     "convert": "._convert",
     "ConvertedModel": "._model",
     "Buffer": "._model",
+    "attribute": "._attribute",
+    "attribution_fn": "._attribute",
+    "importance": "._importance",
+    "ImportanceReport": "._importance",
 }
 
 
