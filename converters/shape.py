@@ -76,14 +76,18 @@ def squeeze(x: jax.Array, dims: int | Sequence[int] | None = None) -> jax.Array:
     "aten.clone.default",
     "aten.alias.default",
     "aten.alias_copy.default",
-    "aten.detach.default",
-    "aten.detach_copy.default",
     "aten.lift_fresh_copy.default",
     "aten.contiguous.default",
 )
 def identity(x: jax.Array, *args, **kwargs) -> jax.Array:
     """`x` itself: copies and memory-format changes mean nothing for immutable arrays."""
     return x
+
+
+@register("aten.detach.default", "aten.detach_copy.default")
+def detach(x: jax.Array) -> jax.Array:
+    """`x`, through which no gradient flows (`tensor.detach()`)."""
+    return lax.stop_gradient(x)
 
 
 @register("aten.expand.default", "aten.expand_copy.default")

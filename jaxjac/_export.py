@@ -85,6 +85,9 @@ def _decomposition_table() -> dict:
     table = torch.export.default_decompositions()
     for name in _KEEP_WHOLE:
         table.pop(getattr(torch.ops.aten, name).default, None)
+    # The default table turns `detach` into `alias`, an identity: the gradient
+    # that `x.mean().detach()` (RevIN normalisation, say) stops would flow again.
+    table.pop(torch.ops.aten.detach.default, None)
     return table
 
 

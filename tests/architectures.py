@@ -314,6 +314,25 @@ class ModernConvNet(nn.Module):
         return self.head(x.mean(-1))
 
 
+class RevINPatchNet(nn.Module):
+    """RevIN (each sample normalised by its own detached mean and std, as PatchTST does), patches, MLP.
+
+    The statistics are `.detach()`ed, so no gradient flows through them: the
+    Jacobian differs from that of the same net without `.detach()`.
+    Input `(N, 1, 224)` -> logits `(N, 3)`.
+    """
+
+    def __init__(self, patch: int = 16, dim: int = 12, n_classes: int = N_CLASSES) -> None:
+        super().__init__()
+        self.patches = nn.Conv1d(1, dim, kernel_size=patch, stride=patch)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Flatten(), nn.Linear(dim * (LENGTH // patch), n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True).detach()
+        std = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5).detach()
+        return self.mlp(self.patches((x - mean) / std))
+
+
 def _seeded(cls: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         torch.manual_seed(seed)
@@ -333,4 +352,5 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv-transformer": (_seeded(ConvTransformer, 6), (1, LENGTH)),
     "flat-input-cnn": (_seeded(FlatInputCNN, 7), (LENGTH,)),
     "modern-convnet": (_seeded(ModernConvNet, 8), (1, LENGTH)),
+    "revin-patch-mlp": (_seeded(RevINPatchNet, 9), (1, LENGTH)),
 }
