@@ -23,8 +23,8 @@ from .registry import register
 
 @register("aten.relu.default")
 def relu(x: Array) -> Array:
-    """`max(x, 0)`; the gradient at 0 is 0, as in torch (`jnp.maximum` gives 1/2)."""
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
+    """`max(x, 0)`; the gradient at 0 is 0, as in torch (`jnp.maximum` gives 1/2), and NaN stays NaN."""
+    return jnp.where(x <= 0, jnp.zeros_like(x), x)
 
 
 @register("aten.hardtanh.default")

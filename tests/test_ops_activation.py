@@ -7,11 +7,14 @@ Inputs are standard normal times 3, so that the piecewise activations
 from __future__ import annotations
 
 import helpers
+import jax
 import numpy as np
 import pytest
 import torch
 from helpers import assert_converts
 from torch import nn
+
+import jaxjac
 
 DTYPES = ("float32", "float64")
 C, L = 3, 5
@@ -143,3 +146,16 @@ def test_large_inputs_keep_finite_jacobians(name: str, dtype: str, monkeypatch: 
     x = _inputs(1)
     x.reshape(-1)[:4] = [100.0, -100.0, 800.0, -800.0]  # past exp's overflow in float32 and float64
     assert_converts(SATURATING[name](), (C, L), dtype, x=x)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_nan_inputs_give_what_torch_gives(name: str) -> None:
+    # A NaN must not turn into a finite output (relu(NaN) = 0 would hide bad data).
+    net = ACTIVATIONS[name]().double().eval()
+    x = _inputs(1)
+    x.reshape(-1)[[0, 7]] = np.nan
+    expected = net(torch.as_tensor(x)).detach().numpy()
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, torch.as_tensor(_inputs(1)), dtype="float64", check=False)
+        actual = np.asarray(model(x))
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
