@@ -190,6 +190,16 @@ def jacobian_fn(
     return jacobian_of_batch
 
 
+def _as_samples(x: Any) -> np.ndarray:
+    """`x` as a real-valued numpy array; a torch tensor may still require grad."""
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
+        raise JaxjacError(f"input must hold real numbers; got an array of dtype {x.dtype}")
+    return x
+
+
 @functools.lru_cache(maxsize=64)
 def _jit(core: Callable) -> Callable:
     return jax.jit(core)
@@ -241,6 +251,26 @@ _FORMULATIONS = {
 }
 
 
+def check_labels(labels: np.ndarray, n: int, n_outputs: int, name: str = "labels") -> np.ndarray:
+    """Validate a label vector: integers, one per sample, each a valid class.
+
+    Whole-number floats (labels saved as float arrays) are taken as integers.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+        labels = labels.astype(np.int64)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise JaxjacError(f"{name}: expected a 1-D integer array of class labels; got {labels.dtype} {labels.shape}")
+    if labels.shape[0] != n:
+        raise JaxjacError(f"{name} holds {labels.shape[0]} labels; the data holds {n} samples: expected one per sample")
+    if n and (labels.min() < 0 or labels.max() >= n_outputs):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= n_outputs))[0])
+        raise JaxjacError(
+            f"{name}[{bad}] = {int(labels[bad])} is not a class of a model with {n_outputs} outputs (0..{n_outputs - 1})"
+        )
+    return labels
+
+
 def jacobian(
     model: ConvertedModel,
     x: np.ndarray | jax.Array,
@@ -267,9 +297,9 @@ def jacobian(
     else `(N, *sample_shape)`. Row `i` equals torch's
     `jacobian(net, X[i:i+1])` with its singleton batch axes removed.
     """
-    if batch_size < 1:
-        raise JaxjacError(f"batch_size must be a positive integer; got {batch_size}")
-    x = np.asarray(x)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise JaxjacError(f"batch_size must be a positive integer; got {batch_size!r}")
+    x = _as_samples(x)
     if x.ndim < 1 or tuple(x.shape[1:]) != model.sample_shape:
         raise JaxjacError(f"input has samples of shape {tuple(x.shape[1:])}; the model expects {model.sample_shape}")
     labels = None
@@ -277,6 +307,8 @@ def jacobian(
         labels = np.asarray(target)
         if labels.shape != (x.shape[0],):
             raise JaxjacError(f"labels have shape {labels.shape}; expected ({x.shape[0]},), one per sample")
+        # A label outside 0..K-1 would pick no output and give a silent row of zeros.
+        labels = check_labels(labels, x.shape[0], model.n_outputs)
     fn = jacobian_fn(
         model, target=target if labels is None else labels[:0], output=output, method=method, precision=precision
     )

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _distributed as dist
 from ._errors import JaxjacError
-from ._jacobian import batch_jacobian_core
+from ._jacobian import batch_jacobian_core, check_labels
 from ._program_cache import load_or_compile, program_key
 
 if TYPE_CHECKING:
@@ -69,21 +69,6 @@ def output_shape(model: ConvertedModel, n: int, target: Any) -> tuple[int, ...]:
     if isinstance(target, str) and target == "all":
         return (n, model.n_outputs, *model.sample_shape)
     return (n, *model.sample_shape)
-
-
-def check_labels(labels: np.ndarray, n: int, n_outputs: int, name: str = "labels") -> np.ndarray:
-    """Validate a label vector: integers, one per sample, each a valid class."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise JaxjacError(f"{name}: expected a 1-D integer array of class labels; got {labels.dtype} {labels.shape}")
-    if labels.shape[0] != n:
-        raise JaxjacError(f"{name} holds {labels.shape[0]} labels; the data holds {n} samples: expected one per sample")
-    if n and (labels.min() < 0 or labels.max() >= n_outputs):
-        bad = int(np.flatnonzero((labels < 0) | (labels >= n_outputs))[0])
-        raise JaxjacError(
-            f"{name}[{bad}] = {int(labels[bad])} is not a class of a model with {n_outputs} outputs (0..{n_outputs - 1})"
-        )
-    return labels
 
 
 def run_jacobian(

@@ -138,9 +138,31 @@ def test_empty_dataset(data):
         ({"method": "finite-differences"}, (3, *SAMPLE), "method must be one of"),
         ({"precision": "fp8"}, (3, *SAMPLE), "precision must be one of"),
         ({"batch_size": 0}, (3, *SAMPLE), "batch_size must be a positive integer"),
+        ({"batch_size": 2.5}, (3, *SAMPLE), r"batch_size must be a positive integer; got 2.5"),
+        ({"batch_size": "auto"}, (3, *SAMPLE), "batch_size must be a positive integer; got 'auto'"),
+        # A label that names no output would give a silent row of zeros.
+        ({"target": np.array([0, 4, 1])}, (3, *SAMPLE), r"labels\[1\] = 4 is not a class of a model with 4 outputs"),
+        ({"target": np.array([0, -1, 1])}, (3, *SAMPLE), r"labels\[1\] = -1 is not a class"),
+        ({"target": np.array([0.0, 1.5, 1.0])}, (3, *SAMPLE), "expected a 1-D integer array of class labels"),
     ],
 )
 def test_bad_arguments_are_explained(kwargs, x_shape, match, data):
     _, _, model = _setup("float32", data)
     with pytest.raises(jaxjac.JaxjacError, match=match):
         jaxjac.jacobian(model, np.zeros(x_shape, np.float32), **kwargs)
+
+
+def test_inputs_that_are_not_real_numbers_are_refused(data):
+    _, _, model = _setup("float32", data)
+    for x in (np.full((2, *SAMPLE), "a"), np.zeros((2, *SAMPLE), np.complex64)):
+        with pytest.raises(jaxjac.JaxjacError, match=f"input must hold real numbers; got an array of dtype {x.dtype}"):
+            jaxjac.jacobian(model, x)
+
+
+def test_torch_tensors_that_require_grad_and_whole_number_float_labels_are_taken(data):
+    _, x, model = _setup("float32", data)
+    x = x.numpy()[:3]
+    labels = np.array([0, 3, 1])
+    expected = jaxjac.jacobian(model, x, target=labels)
+    leaf = torch.as_tensor(x).requires_grad_(True)
+    np.testing.assert_array_equal(jaxjac.jacobian(model, leaf, target=labels.astype(np.float32)), expected)

@@ -155,7 +155,8 @@ def test_check_labels_errors_name_the_problem():
     with pytest.raises(JaxjacError, match=r"labels\[1\] = 7 is not a class of a model with 3 outputs"):
         check_labels(np.array([0, 7, 1]), 3, 3)
     with pytest.raises(JaxjacError, match=r"expected a 1-D integer array"):
-        check_labels(np.array([0.0, 1.0]), 2, 3)
+        check_labels(np.array([0.0, 1.5]), 2, 3)
+    np.testing.assert_array_equal(check_labels(np.array([0.0, 2.0]), 2, 3), [0, 2])  # labels saved as floats
 
 
 def test_batch_size_must_split_over_devices(model, tmp_path):
