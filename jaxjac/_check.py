@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._errors import ConversionCheckError
+from ._errors import ConversionCheckError, JaxjacError
 from ._export import eval_mode
 from ._jacobian import jacobian
 from ._model import ConvertedModel
@@ -74,9 +74,19 @@ def check_conversion(
     expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index)
     actual_out = np.asarray(model(x.numpy())).reshape(len(x), -1)
     actual_jac = jacobian(model, x.numpy(), batch_size=len(x))
-    report: dict = {"n_probes": int(len(x)), "dtype": str(model.dtype), "rtol": rtol, "atol": atol}
+    # Probes where torch itself is not finite (log of a negative, say) test nothing: left out.
+    finite = np.isfinite(expected_out.reshape(len(x), -1)).all(1) & np.isfinite(expected_jac.reshape(len(x), -1)).all(1)
+    if len(x) and not finite.any():
+        raise JaxjacError(
+            f"the torch model's outputs or Jacobians are not finite on any of the {len(x)} probe inputs, so "
+            "the conversion cannot be checked; pass check_data (--check-data) with real samples"
+        )
+    report: dict = {"n_probes": int(finite.sum()), "dtype": str(model.dtype), "rtol": rtol, "atol": atol}
+    if not finite.all():
+        report["probes_left_out"] = int((~finite).sum())  # torch not finite there
     failed = []
     for key, actual, expected in (("outputs", actual_out, expected_out), ("jacobians", actual_jac, expected_jac)):
+        actual, expected = actual[finite], expected[finite]
         abs_err, rel_err = relative_error(actual, expected)
         scale = float(np.max(np.abs(expected))) if expected.size else 0.0
         report[f"{key}_max_abs_error"] = abs_err
@@ -87,7 +97,7 @@ def check_conversion(
     if failed:
         raise ConversionCheckError(
             f"the converted model disagrees with torch beyond rtol={rtol:g}, atol={atol:g} on "
-            f"{len(x)} probe inputs: {'; '.join(failed)}. This is a lowering bug: please report it; "
+            f"{report['n_probes']} probe inputs: {'; '.join(failed)}. This is a lowering bug: please report it; "
             "raise --rtol/--atol only if the difference is expected",
             report,
         )
@@ -101,4 +111,9 @@ def format_report(report: dict) -> str:
         f"conversion check {verdict} on {report['n_probes']} probes ({report['dtype']}): "
         f"outputs max rel error {report['outputs_max_rel_error']:.2e}, "
         f"Jacobians max rel error {report['jacobians_max_rel_error']:.2e} (rtol {report['rtol']:g})"
+        + (
+            f"; {report['probes_left_out']} probes left out, where torch is not finite"
+            if "probes_left_out" in report
+            else ""
+        )
     )

@@ -28,6 +28,26 @@ def _sample_batch(example_input: Any) -> torch.Tensor:
     return x[:1].detach()
 
 
+def default_probes(example_input: Any, n_probes: int, seed: int = 0) -> np.ndarray:
+    """Probe inputs `(n_probes, *sample_shape)` for the conversion check, like the user's samples.
+
+    The example's rows (evenly spaced, up to `n_probes`), then copies of them
+    with each value scaled by `1 + 0.1 N(0, 1)`: that keeps every sign and
+    order of magnitude, so a model that takes `log` of positive reflectances
+    is probed where it is defined. An example without spread (a batch of
+    zeros, one constant row) says nothing about the data, and the probes are
+    standard normal instead.
+    """
+    x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else example_input
+    x = np.asarray(x, np.float64)
+    rng = np.random.default_rng(seed)
+    if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
+        return rng.standard_normal((n_probes, *x.shape[1:]))
+    rows = x[np.linspace(0, len(x) - 1, min(len(x), n_probes)).round().astype(int)]
+    extra = rows[rng.integers(0, len(rows), n_probes - len(rows))]
+    return np.concatenate([rows, extra * (1 + 0.1 * rng.standard_normal(extra.shape))])
+
+
 def convert(
     net: torch.nn.Module,
     example_input: Any,
@@ -54,8 +74,9 @@ def convert(
       `jax.config.update("jax_enable_x64", True)` or `jax.enable_x64()`).
     - `output_index`: which output to keep when `forward` returns several.
     - `check`: compare outputs and Jacobians with torch on probe inputs.
-    - `check_data`: probe inputs `(P, *sample_shape)`; default: `n_probes`
-      standard-normal samples drawn with `seed`.
+    - `check_data`: probe inputs `(P, *sample_shape)`; default:
+      `default_probes(example_input, n_probes, seed)`, samples like the
+      example's.
     - `rtol`, `atol`: the check's tolerance.
     - `metadata`: extra entries for `model.metadata`.
 
@@ -95,7 +116,7 @@ def convert(
     model = build(info)
     if check:
         if check_data is None:
-            probes = np.random.default_rng(seed).standard_normal((n_probes, *sample_shape))
+            probes = default_probes(example_input, n_probes, seed)
         else:
             probes = np.asarray(check_data)
             if tuple(probes.shape[1:]) != sample_shape:

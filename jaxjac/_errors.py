@@ -15,13 +15,21 @@ class JaxjacError(Exception):
 class UnsupportedOpError(JaxjacError):
     """An ATen op in the model has no JAX lowering."""
 
-    def __init__(self, op: str, where: str, others: int = 0) -> None:
+    def __init__(self, op: str, where: str, others: int = 0, *, data_dependent: bool = False) -> None:
         more = f" (and {others} other unsupported op{'s' if others != 1 else ''})" if others else ""
-        super().__init__(
-            f"ATen op `{op}` from {where} has no JAX lowering{more}; "
-            f"jaxjac refuses to build a model it cannot run exactly. Please report it at {ISSUES_URL} "
-            f"with the layer that produced it; `jaxjac.converters.supported_ops()` lists what is covered."
-        )
+        if data_dependent:
+            message = (
+                f"ATen op `{op}` from {where} makes a shape depend on the input's values{more} (boolean-mask "
+                "indexing, nonzero, .item()); jaxjac needs every shape fixed by the input's shape: rewrite it "
+                "with torch.where or a multiplication by the mask"
+            )
+        else:
+            message = (
+                f"ATen op `{op}` from {where} has no JAX lowering{more}; "
+                f"jaxjac refuses to build a model it cannot run exactly. Please report it at {ISSUES_URL} "
+                f"with the layer that produced it; `jaxjac.converters.supported_ops()` lists what is covered."
+            )
+        super().__init__(message)
         self.op = op
 
 

@@ -27,7 +27,22 @@ def check_supported(graph: Graph) -> None:
     missing = [node for node in graph.nodes if node.op != "getitem" and converters.lookup(node.op) is None]
     if missing:
         others = len({node.op for node in missing}) - 1
-        raise UnsupportedOpError(missing[0].op, missing[0].where(), others)
+        # A value-dependent shape is the cause; the symbolic-size ops around it are symptoms.
+        first = next((node for node in missing if node.op in _DATA_DEPENDENT), missing[0])
+        raise UnsupportedOpError(first.op, first.where(), others, data_dependent=first.op in _DATA_DEPENDENT)
+
+
+_DATA_DEPENDENT = frozenset(
+    {
+        "aten.nonzero.default",
+        "aten.masked_select.default",
+        "aten._local_scalar_dense.default",
+        "aten.item.default",
+        "aten.sym_size.int",
+        "aten.sym_constrain_range_for_size.default",
+        "aten._assert_scalar.default",
+    }
+)
 
 
 def resolve_dtype(name: str, float_dtype: jnp.dtype) -> jnp.dtype:

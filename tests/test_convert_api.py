@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import jaxjac
+import jaxjac._convert
 from jaxjac import converters
 from jaxjac._graph_model import batched_forward as _batched_forward
 from jaxjac.converters import registry
@@ -110,3 +111,43 @@ def test_registry_lists_what_it_lowers():
     assert "aten.convolution.default" in ops and ops == sorted(ops)
     with pytest.raises(ValueError, match="already lowered"):
         converters.register("aten.relu.default")(lambda x: x)
+
+
+class LogReflectance(nn.Module):
+    """Absorbance `-log10(x)` of positive reflectances, then a linear head: defined for x > 0 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(-torch.log10(x).flatten(1))
+
+
+def test_the_check_probes_inputs_like_the_example():
+    reflectance = torch.rand(4, 1, 8) * 0.9 + 0.05
+    model = jaxjac.convert(LogReflectance().eval(), reflectance)  # standard-normal probes would be NaN here
+    report = model.metadata["check"]
+    assert report["passed"] and report["n_probes"] == 8 and "probes_left_out" not in report
+    probes = jaxjac._convert.default_probes(reflectance, 8)
+    assert probes.shape == (8, 1, 8) and (probes > 0).all()
+    np.testing.assert_array_equal(probes[:4], reflectance.numpy().astype(np.float64))
+
+
+def test_probes_where_torch_is_not_finite_are_left_out_or_explained():
+    mixed = np.abs(np.random.default_rng(0).standard_normal((6, 1, 8)))
+    mixed[[1, 4], 0, 3] = -1.0  # log10 of a negative: NaN in torch too
+    model = jaxjac.convert(LogReflectance().eval(), torch.rand(2, 1, 8) + 0.1, check_data=mixed)
+    assert model.metadata["check"]["n_probes"] == 4 and model.metadata["check"]["probes_left_out"] == 2
+    with pytest.raises(jaxjac.JaxjacError, match="not finite on any of the 8 probe inputs, so .* pass check_data"):
+        jaxjac.convert(LogReflectance().eval(), torch.zeros(1, 1, 8))  # no spread: standard-normal probes
+
+
+class MaskedMean(nn.Module):
+    def forward(self, x):
+        return x[x > 0].sum(0, keepdim=True)[None]  # how many elements survive depends on the values
+
+
+def test_a_value_dependent_shape_is_named_as_the_cause():
+    with pytest.raises(jaxjac.UnsupportedOpError, match=r"makes a shape depend on the input's values .* torch.where"):
+        jaxjac.convert(MaskedMean().eval(), torch.randn(2, 1, 8))
