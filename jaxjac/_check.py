@@ -28,7 +28,7 @@ def torch_outputs_and_jacobians(
         return out if output_index is None else out[output_index]
 
     outputs, jacobians = [], []
-    with eval_mode(net):
+    with eval_mode(net, warn=False):  # `convert` has warned already, when it traced
         for i in range(x.shape[0]):
             row = x[i : i + 1]
             with torch.no_grad():

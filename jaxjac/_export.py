@@ -18,11 +18,11 @@ from ._errors import JaxjacError
 
 
 @contextlib.contextmanager
-def eval_mode(net: torch.nn.Module) -> Iterator[None]:
-    """Put `net` in eval mode for the block, warning if it was training, then restore it."""
+def eval_mode(net: torch.nn.Module, *, warn: bool = True) -> Iterator[None]:
+    """Put `net` in eval mode for the block, warning (with `warn`) if it was training, then restore it."""
     modes = {name: m.training for name, m in net.named_modules()}
     training = [name or "<root>" for name, was in modes.items() if was]
-    if training:
+    if training and warn:
         warnings.warn(
             f"the model was handed over in train mode ({len(training)} modules, e.g. `{training[0]}`); "
             "jaxjac converts it in eval mode: BatchNorm uses running statistics and Dropout is the identity",

@@ -55,8 +55,9 @@ def test_unsupported_op_names_op_module_and_where_to_report():
 def test_train_mode_is_converted_as_eval_with_a_warning():
     net = small_net().train()
     x = torch.randn(4, 1, 8)
-    with pytest.warns(UserWarning, match="train mode.*eval mode"):
+    with pytest.warns(UserWarning, match="train mode.*eval mode") as warned:
         model = jaxjac.convert(net, x)
+    assert sum("train mode" in str(w.message) for w in warned) == 1, "one warning, not one per step"
     assert net.training, "convert must restore the caller's train mode"
     net.eval()
     np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x).detach().numpy(), rtol=1e-5, atol=1e-6)
