@@ -63,6 +63,8 @@ def _target_kind(target: Any) -> str:
         if target not in ("all", "predicted"):
             raise JaxjacError(f"target must be 'all', 'predicted', a class index or an array of labels; got {target!r}")
         return target
+    if isinstance(target, bool | np.bool_):  # an int to Python, but surely not meant as class 0 or 1
+        raise JaxjacError(f"target must be 'all', 'predicted', a class index or an array of labels; got {target!r}")
     if isinstance(target, int | np.integer):
         return "index"
     if isinstance(target, np.ndarray | jax.Array):

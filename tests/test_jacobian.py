@@ -132,6 +132,7 @@ def test_empty_dataset(data):
     [
         ({}, (3, 1, 40), r"samples of shape \(1, 40\); the model expects \(2, 40\)"),
         ({"target": "biggest"}, (3, *SAMPLE), "target must be 'all', 'predicted'"),
+        ({"target": True}, (3, *SAMPLE), "target must be .* got True"),
         ({"target": 4}, (3, *SAMPLE), "target class 4 is out of range for a model with 4 outputs"),
         ({"target": np.array([0, 1])}, (3, *SAMPLE), r"labels have shape \(2,\); expected \(3,\)"),
         ({"output": "softmax"}, (3, *SAMPLE), "output must be one of"),
