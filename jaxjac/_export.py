@@ -9,6 +9,7 @@ keeps every shape static.
 from __future__ import annotations
 
 import contextlib
+import operator
 import warnings
 from collections.abc import Iterator
 
@@ -65,7 +66,9 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     if not isinstance(net, torch.nn.Module):
         raise JaxjacError(f"expected a torch.nn.Module to convert, got {type(net).__name__}")
     _warn_batch_statistics(net)
-    with eval_mode(net), torch.no_grad(), _quiet_export():
+    # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
+    # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
+    with eval_mode(net), torch.enable_grad(), _quiet_export():
         try:
             program = torch.export.export(net, (sample,))
         except Exception as error:  # torch raises many types here; keep its first line
@@ -73,7 +76,34 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
             raise JaxjacError(
                 f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: {first}"
             ) from error
+        _detach_no_grad_blocks(program)
         return program.run_decompositions(_decomposition_table())
+
+
+def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:
+    """Put a `detach` on every output of each `torch.no_grad()` block of the graph, in place.
+
+    Decomposition inlines the blocks and forgets that they computed without
+    gradients; the `detach`es it keeps (see `_decomposition_table`) remember.
+    """
+    graph = program.graph
+    no_grad_blocks = [
+        node
+        for node in graph.nodes
+        if node.op == "call_function"
+        and node.target is torch.ops.higher_order.wrap_with_set_grad_enabled
+        and node.args[0] is False
+    ]
+    for block in no_grad_blocks:
+        for user in list(block.users):
+            if user.target is not operator.getitem:
+                continue
+            with graph.inserting_after(user):
+                detached = graph.call_function(torch.ops.aten.detach.default, (user,))
+            detached.meta = dict(user.meta)
+            user.replace_all_uses_with(detached, delete_user_cb=lambda node, detached=detached: node is not detached)
+    if no_grad_blocks:
+        program.graph_module.recompile()
 
 
 # Ops whose own backward torch defines at the kinks (hardswish'(-3) = 0):

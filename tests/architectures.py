@@ -317,8 +317,8 @@ class ModernConvNet(nn.Module):
 class RevINPatchNet(nn.Module):
     """RevIN (each sample normalised by its own detached mean and std, as PatchTST does), patches, MLP.
 
-    The statistics are `.detach()`ed, so no gradient flows through them: the
-    Jacobian differs from that of the same net without `.detach()`.
+    No gradient flows through the statistics (`.detach()` on one, `torch.no_grad()`
+    around the other): the Jacobian differs from that of the same net without them.
     Input `(N, 1, 224)` -> logits `(N, 3)`.
     """
 
@@ -329,7 +329,8 @@ class RevINPatchNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(-1, keepdim=True).detach()
-        std = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5).detach()
+        with torch.no_grad():  # the other way to say it
+            std = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5)
         return self.mlp(self.patches((x - mean) / std))
 
 
