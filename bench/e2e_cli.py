@@ -226,6 +226,18 @@ def main(argv: list[str] | None = None) -> dict:
     first_median = statistics.median(m["wall_s"] for m in runs["first_run"])
     rerun_median = statistics.median(m["wall_s"] for m in runs["rerun"])
     ratio = best_rerun["wall_s"] / best_compute["wall_s"]
+    # The same comparison at the command's own batch size, where it was timed too.
+    own = best_rerun["summary"]["batch_size"]
+    same_batch = None
+    if own in compute:
+        same_batch = {
+            "batch_size": own,
+            "pure_compute_s": _best(compute[own])["wall_s"],
+            "cli_rerun_over_compute": round(best_rerun["wall_s"] / _best(compute[own])["wall_s"], 3),
+            "median_cli_rerun_over_compute": round(
+                rerun_median / statistics.median(m["wall_s"] for m in compute[own]), 3
+            ),
+        }
     is_clean = clean() if _clean(best_compute) is not None else None
     every = [m for ms in (*compute.values(), *runs.values()) for m in ms]
     result = {
@@ -252,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cli_rerun_s": round(rerun_median, 2),
             "cli_rerun_over_compute": round(rerun_median / compute_median, 3),
         },
+        "at_the_command_batch_size": same_batch,
         "cli_rerun_phases_s": best_rerun["phases_s"],
         "cli_rerun_phases_median_s": _median_phases(runs["rerun"]),
         "pure_compute_by_batch_size": {str(b): _summary(compute[b]) for b in compute_sizes},
@@ -286,7 +299,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"({first_median:.2f}) first run, {best_rerun['wall_s']:.2f} s ({rerun_median:.2f}) rerun at batch "
         f"{result['batch_size']}: {ratio:.3f}x compute ({result['median']['cli_rerun_over_compute']:.3f}x); "
         f"target {TARGET}x {verdict}\n"
-        f"best rerun's phases: " + (", ".join(f"{name} {phases[name]:.2f} s" for name in phases) or "-") + "\n"
+        + (
+            f"at the command's batch size {own}: {same_batch['cli_rerun_over_compute']:.3f}x "
+            f"({same_batch['median_cli_rerun_over_compute']:.3f}x)\n"
+            if same_batch
+            else ""
+        )
+        + "best rerun's phases: "
+        + (", ".join(f"{name} {phases[name]:.2f} s" for name in phases) or "-")
+        + "\n"
         f"load average {load_start[0]:.2f} at the start; output equals the library's: {agree}; -> {args.out}"
     )
     return result
