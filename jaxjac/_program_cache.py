@@ -10,8 +10,10 @@ the devices and the host CPU, the JAX and jaxlib versions, 64-bit mode, the
 default matmul precision, `XLA_FLAGS`, and a hash of jaxjac's own source (so
 that an edited lowering rule is never served a stale program).
 
-The entries live in `<JAX compilation cache>/jaxjac-programs/`, so that the
-cache is on exactly when JAX's is (`--compile-cache`; `off` turns both off).
+`_run.run_stream` uses it for row programs in single-process CPU runs (any
+number of local devices). The entries live in `<JAX compilation
+cache>/jaxjac-programs/`, so that the cache is on exactly when JAX's is
+(`--compile-cache`; `off` turns both off).
 A compiled executable is machine code, trusted like JAX's own cache: an entry
 is used only when the current user owns it and no one else may write to it
 or its folder. Any entry that cannot be read or loaded is ignored (and the

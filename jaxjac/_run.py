@@ -211,7 +211,9 @@ def run_stream(
     key = None
     # Kept on CPU only, where the start-up it saves is a noticeable part of a run and
     # where executables are known to round-trip; a GPU run is dominated by the data.
-    if description is not None and not reduce and mesh.devices.flat[0].platform == "cpu":
+    # One process only: each process of a multi-process job compiles its own part.
+    cacheable = processes == 1 and mesh.devices.flat[0].platform == "cpu"
+    if description is not None and not reduce and cacheable:
         key = program_key(
             {**description, "batch_size": batch_size, "labels": _dtype_name(labels)}, list(mesh.devices.flat)
         )

@@ -44,14 +44,22 @@ def test_four_host_devices_match_one_device(artifact, tmp_path):
     out = tmp_path / "J.npy"
     argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), "--batch-size", "14", "--json"]
     four = env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN, *argv], env=four, capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)
-    assert info["devices"] == 4 and info["batch_size"] == 16  # rounded up to a multiple of the devices
-    assert "rounded up to 16" in proc.stderr
-    np.testing.assert_array_equal(np.load(out), jaxjac.jacobian(jaxjac.load(artifact), x, batch_size=16))
+    expected = jaxjac.jacobian(jaxjac.load(artifact), x, batch_size=16)
+    for run in ("first", "rerun"):  # the rerun loads the 4-device program from the program cache
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN, *argv, "--force"],
+            env=four,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        assert info["devices"] == 4 and info["batch_size"] == 16  # rounded up to a multiple of the devices
+        assert "rounded up to 16" in proc.stderr
+        assert info["program_cached"] == (run == "rerun")
+        np.testing.assert_array_equal(np.load(out), expected)
 
 
 def test_two_processes_write_shards_equal_to_one_process(artifact, tmp_path):
@@ -77,6 +85,9 @@ def test_two_processes_write_shards_equal_to_one_process(artifact, tmp_path):
         assert p.returncode == 0, stderr
     infos = [json.loads(stdout) for stdout, _ in results]
     assert [i["rows"] for i in infos] == [19, 18] and all(i["devices"] == 2 for i in infos)
+    # Each process compiles its own part of the job: no whole-program cache entries.
+    assert not any(i["program_cached"] for i in infos)
+    assert not list((tmp_path / "cache").rglob("jaxjac-programs/*.bin"))
     assert infos[0]["index"] == str(tmp_path / "J.npy.index.json")
     assert not out.exists()
     assert (tmp_path / "J.00000-of-00002.npy").exists() and (tmp_path / "J.00001-of-00002.npy").exists()
