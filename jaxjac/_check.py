@@ -24,8 +24,10 @@ def torch_outputs_and_jacobians(
     """Torch's outputs `(N, K)` and per-sample Jacobians `(N, K, *sample_shape)`, one sample at a time."""
 
     def forward(row: torch.Tensor) -> torch.Tensor:
-        out = net(row)
-        return out if output_index is None else out[output_index]
+        # The graph's outputs are the leaves of whatever forward returns (a tensor,
+        # a tuple, a dict), in torch's pytree order; pick the same one.
+        leaves = torch.utils._pytree.tree_leaves(net(row))
+        return leaves[0 if output_index is None else output_index]
 
     outputs, jacobians = [], []
     with eval_mode(net, warn=False):  # `convert` has warned already, when it traced

@@ -82,6 +82,8 @@ def convert(
 
     **Returns:** a `ConvertedModel`; `model.metadata["check"]` holds the report.
     """
+    if not isinstance(net, torch.nn.Module):
+        raise JaxjacError(f"expected a torch.nn.Module to convert, got {type(net).__name__}")
     if dtype not in _TORCH_DTYPES:
         raise JaxjacError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
     if dtype == "float64" and not jax.config.jax_enable_x64:

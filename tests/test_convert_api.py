@@ -152,3 +152,28 @@ class MaskedMean(nn.Module):
 def test_a_value_dependent_shape_is_named_as_the_cause():
     with pytest.raises(jaxjac.UnsupportedOpError, match=r"makes a shape depend on the input's values .* torch.where"):
         jaxjac.convert(MaskedMean().eval(), torch.randn(2, 1, 8))
+
+
+class DictOutputs(nn.Module):
+    def __init__(self, keys=("logits",)):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.keys = keys
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return {key: y if key == "logits" else y.softmax(-1) for key in self.keys}
+
+
+def test_forward_returning_a_dict_converts_and_is_checked():
+    x = torch.randn(4, 1, 8)
+    model = jaxjac.convert(DictOutputs().eval(), x)
+    assert model.metadata["check"]["passed"]
+    probs = jaxjac.convert(DictOutputs(("logits", "probs")).eval(), x, output_index=1)
+    assert probs.metadata["check"]["passed"]
+    np.testing.assert_allclose(np.asarray(probs(x.numpy())).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_something_that_is_not_a_module_is_refused():
+    with pytest.raises(jaxjac.JaxjacError, match="expected a torch.nn.Module to convert, got str"):
+        jaxjac.convert("net.pt", torch.randn(2, 1, 8))
