@@ -99,18 +99,21 @@ class GraphModel(ModelInterface):
         check_supported(graph)
         self.graph, self.spec = graph, spec
         float_dtype = jnp.dtype(spec.dtype)
-        self._tensors = {
-            name: np.asarray(a, float_dtype if np.issubdtype(a.dtype, np.floating) else _canonical(a.dtype))
-            for name, a in tensors.items()
-        }
+        self._tensors = {name: np.asarray(a, tensor_dtype(a.dtype, float_dtype)) for name, a in tensors.items()}
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The parameters and buffers, by dotted torch name (floats in the model's dtype)."""
         return dict(self._tensors)
 
 
-def _canonical(dtype: np.dtype) -> np.dtype:
-    # What `jnp.asarray` would make of it: int64 becomes int32 unless 64-bit JAX is on.
+def tensor_dtype(dtype: np.dtype, float_dtype: np.dtype) -> np.dtype:
+    """The dtype a stored tensor takes in a model computing in `float_dtype`.
+
+    Floats take the model's float dtype; other tensors what `jnp.asarray`
+    makes of them (int64 becomes int32 unless 64-bit JAX is on).
+    """
+    if np.issubdtype(dtype, np.floating):
+        return np.dtype(float_dtype)
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
@@ -147,10 +150,7 @@ def output_shape_of(
 ) -> tuple[int, ...]:
     """The per-sample output shape of `graph`, found by abstract evaluation."""
     float_dtype = jnp.dtype(dtype)
-    abstract = {
-        name: jax.ShapeDtypeStruct(a.shape, float_dtype if np.issubdtype(a.dtype, np.floating) else _canonical(a.dtype))
-        for name, a in tensors.items()
-    }
+    abstract = {name: jax.ShapeDtypeStruct(a.shape, tensor_dtype(a.dtype, float_dtype)) for name, a in tensors.items()}
     x = jax.ShapeDtypeStruct((1, *sample_shape), float_dtype)
     (y,) = jax.eval_shape(lambda t, x: run_graph(graph, t, x, float_dtype), abstract, x)
     return tuple(y.shape[1:]) if y.ndim >= 1 and y.shape[0] == 1 else tuple(y.shape)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from ._errors import JaxjacError
 from ._graph import Graph
-from ._graph_model import ModelInterface, ModelSpec, batched_forward
+from ._graph_model import ModelInterface, ModelSpec, batched_forward, tensor_dtype
 from ._interpret import check_supported
 
 
@@ -66,9 +66,8 @@ class ConvertedModel(TorchTree, ModelInterface):
                 if not hasattr(node, part):
                     setattr(node, part, TorchTree())
                 node = getattr(node, part)
-            dtype = float_dtype if np.issubdtype(array.dtype, np.floating) else None
             kind = nnx.Param if name in parameter_names else Buffer
-            setattr(node, parts[-1], kind(jnp.asarray(array, dtype=dtype)))
+            setattr(node, parts[-1], kind(jnp.asarray(array, dtype=tensor_dtype(array.dtype, float_dtype))))
 
     def tensors(self) -> dict[str, jax.Array]:
         """The current parameters and buffers, by dotted torch name."""

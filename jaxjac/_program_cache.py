@@ -17,7 +17,8 @@ cache>/jaxjac-programs/`, so that the cache is on exactly when JAX's is
 A compiled executable is machine code, trusted like JAX's own cache: an entry
 is used only when the current user owns it and no one else may write to it
 or its folder. Any entry that cannot be read or loaded is ignored (and the
-program compiled as usual); a cache miss costs nothing.
+program compiled as usual); a miss costs the usual compilation plus storing
+the entry and running it once on a probe batch to check it.
 """
 
 from __future__ import annotations
