@@ -14,6 +14,8 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     pool,
     reduction,
     shape,
+    sorting,
+    spectral,
 )
 from .registry import lookup as lookup
 from .registry import register as register

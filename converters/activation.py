@@ -105,3 +105,13 @@ def hardswish(x):
 def hardsigmoid(x):
     """torch's hardsigmoid; zero gradient at and beyond +-3, like torch's kernel."""
     return jnp.where(x <= -3, jnp.zeros_like(x), jnp.where(x >= 3, jnp.ones_like(x), x / 6 + 0.5))
+
+
+@register("aten.rrelu_with_noise_functional.default")
+def rrelu_with_noise(
+    x: Array, noise: Array, lower: float = 1 / 8, upper: float = 1 / 3, training: bool = False, generator=None
+) -> tuple[Array, Array]:
+    """RReLU in eval mode: a leaky ReLU of slope `(lower + upper) / 2`; `noise` passes through unchanged."""
+    if training:
+        raise ValueError("RReLU in training mode draws random slopes; put the model in eval mode (net.eval())")
+    return leaky_relu(x, (lower + upper) / 2), noise

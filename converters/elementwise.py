@@ -404,3 +404,16 @@ def isnan(x: Operand) -> Operand:
 def isinf(x: Operand) -> Operand:
     """Elementwise infinity test, as bool."""
     return jnp.isinf(x)
+
+
+@register("aten.signbit.default")
+def signbit(x: Operand) -> Operand:
+    """Whether the sign bit is set (true for -0.0), as bool."""
+    return jnp.signbit(x)
+
+
+@register("aten.bucketize.Tensor")
+def bucketize(x: Array, boundaries: Array, *, out_int32: bool = False, right: bool = False) -> Array:
+    """The bucket of each entry among sorted 1-D `boundaries`; `right` puts an entry equal to a boundary above it."""
+    index = jnp.searchsorted(boundaries, x, side="right" if right else "left")
+    return index.astype(jnp.int32 if out_int32 else jax.dtypes.canonicalize_dtype(jnp.int64))

@@ -57,3 +57,22 @@ def linear(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None) -> ja
     """`x @ weight.T + bias` for `x (*, in)`, `weight (out, in)`: `(*, out)`."""
     y = _matmul(x, weight.T)
     return y if bias is None else y + bias
+
+
+@register("aten._cdist_forward.default")
+def cdist(x1: jax.Array, x2: jax.Array, p: float, compute_mode: int | None = None) -> jax.Array:
+    """p-norm distances `(..., P, R)` between the rows of `x1` `(..., P, M)` and `x2` `(..., R, M)`.
+
+    As in torch, a zero distance has zero gradient for every `p`.
+    """
+    diff = jnp.abs(x1[..., :, None, :] - x2[..., None, :, :])
+    if p == 0:
+        return jnp.sum(diff != 0, axis=-1).astype(diff.dtype)
+    if p == 1:
+        return jnp.sum(diff, axis=-1)
+    if p == float("inf"):
+        return jnp.max(diff, axis=-1)
+    powered = jnp.sum(diff**p, axis=-1)
+    zero = powered == 0
+    # The double `where` keeps the root's infinite slope at 0 out of the gradient.
+    return jnp.where(zero, 0.0, jnp.where(zero, 1.0, powered) ** (1.0 / p)).astype(diff.dtype)

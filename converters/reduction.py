@@ -210,3 +210,15 @@ def linalg_vector_norm(x: Array, ord: float = 2, dim: Dims = None, keepdim: bool
 def cumsum(x: Array, dim: int, dtype=None) -> Array:
     """Running sum along `dim`."""
     return jnp.cumsum(x, axis=dim, dtype=dtype)
+
+
+@register("aten.cumprod.default")
+def cumprod(x: Array, dim: int, dtype=None) -> Array:
+    """Running product along `dim`."""
+    return jnp.cumprod(x, axis=dim, dtype=dtype)
+
+
+@register("aten.logcumsumexp.default")
+def logcumsumexp(x: Array, dim: int) -> Array:
+    """Running `log(sum(exp(x)))` along `dim`, computed stably."""
+    return x if x.ndim == 0 else lax.cumlogsumexp(x, axis=dim % x.ndim)

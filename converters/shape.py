@@ -394,3 +394,50 @@ def upsample_linear1d(
     hi = np.minimum(lo + 1, in_size - 1)
     weight = jnp.asarray((src - lo).astype(ftype), x.dtype)
     return x[..., lo] * (1 - weight) + x[..., hi] * weight
+
+
+def _along_height(upsample, x: jax.Array, *args) -> jax.Array:
+    """Apply a last-axis resampling to the height axis of `(N, C, H, W)`."""
+    return jnp.swapaxes(upsample(jnp.swapaxes(x, -1, -2), *args), -1, -2)
+
+
+@register("aten.upsample_bilinear2d.vec")
+def upsample_bilinear2d_vec(
+    x: jax.Array, output_size: Sequence[int] | None, align_corners: bool, scale_factors: Sequence[float] | None
+) -> jax.Array:
+    """Bilinear interpolation of `(N, C, H, W)` to `(N, C, H_out, W_out)`."""
+    scales = list(scale_factors) if scale_factors else [None, None]
+    sizes = output_size or [math.floor(x.shape[-2] * scales[0]), math.floor(x.shape[-1] * scales[1])]
+    return upsample_bilinear2d(x, sizes, align_corners, *scales)
+
+
+@register("aten.upsample_bilinear2d.default")
+def upsample_bilinear2d(
+    x: jax.Array,
+    output_size: Sequence[int],
+    align_corners: bool,
+    scales_h: float | None = None,
+    scales_w: float | None = None,
+) -> jax.Array:
+    """Bilinear interpolation of `(N, C, H, W)` to `(N, C, *output_size)`: linear along the width, then the height."""
+    x = upsample_linear1d(x, [int(output_size[1])], align_corners, scales_w)
+    return _along_height(upsample_linear1d, x, [int(output_size[0])], align_corners, scales_h)
+
+
+@register("aten.upsample_nearest2d.vec")
+def upsample_nearest2d_vec(
+    x: jax.Array, output_size: Sequence[int] | None, scale_factors: Sequence[float] | None
+) -> jax.Array:
+    """Nearest-neighbour upsampling of `(N, C, H, W)` to `(N, C, H_out, W_out)`."""
+    scales = list(scale_factors) if scale_factors else [None, None]
+    sizes = output_size or [math.floor(x.shape[-2] * scales[0]), math.floor(x.shape[-1] * scales[1])]
+    return upsample_nearest2d(x, sizes, *scales)
+
+
+@register("aten.upsample_nearest2d.default")
+def upsample_nearest2d(
+    x: jax.Array, output_size: Sequence[int], scales_h: float | None = None, scales_w: float | None = None
+) -> jax.Array:
+    """Nearest-neighbour upsampling of `(N, C, H, W)` to `(N, C, *output_size)`, one axis at a time."""
+    x = upsample_nearest1d(x, [int(output_size[1])], scales_w)
+    return _along_height(upsample_nearest1d, x, [int(output_size[0])], scales_h)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._model import ConvertedModel
 
 FORMAT = "jaxjac"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds complex tensors; files without them are still written as version 1
 # safetensors refuses headers above 100 MB; anything larger is not one of ours.
 _MAX_HEADER_BYTES = 100_000_000
 
@@ -62,7 +62,13 @@ def save(model: ConvertedModel, path: str | PathLike, *, overwrite: bool = False
     if not path.parent.is_dir():
         raise JaxjacError(f"cannot write {path}: directory {path.parent} does not exist")
     tensors = {name: np.asarray(value) for name, value in model.tensors().items()}
-    _write_atomically(path, _st_save(tensors, metadata=_header_metadata(model)), overwrite=overwrite)
+    metadata = _header_metadata(model)
+    complex_names = [name for name, value in tensors.items() if np.iscomplexobj(value)]
+    if complex_names:
+        # Stored as real (..., 2) pairs: not every safetensors release has complex dtypes.
+        tensors.update({name: np.stack([tensors[name].real, tensors[name].imag], axis=-1) for name in complex_names})
+        metadata.update(format_version="2", complex_tensors=json.dumps(complex_names))
+    _write_atomically(path, _st_save(tensors, metadata=metadata), overwrite=overwrite)
 
 
 def _header_metadata(model: ConvertedModel) -> dict[str, str]:
@@ -70,7 +76,7 @@ def _header_metadata(model: ConvertedModel) -> dict[str, str]:
     spec = model.spec
     return {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1",
         "graph": json.dumps(model.graph.to_json()),
         "spec": json.dumps(
             {"sample_shape": list(spec.sample_shape), "output_shape": list(spec.output_shape), "dtype": spec.dtype}
@@ -166,6 +172,7 @@ def read_artifact(path: str | PathLike) -> StoredModel:
         spec_json = json.loads(meta["spec"])
         names = json.loads(meta["tensor_names"])
         parameters = frozenset(json.loads(meta["parameters"]))
+        complex_names = set(json.loads(meta.get("complex_tensors", "[]")))
         metadata_json = meta["metadata"]
         json.loads(metadata_json)
     except (KeyError, ValueError, TypeError) as error:
@@ -185,7 +192,20 @@ def read_artifact(path: str | PathLike) -> StoredModel:
         dtype=spec_json["dtype"],
         metadata_json=metadata_json,
     )
-    return StoredModel(graph, {name: stored[name] for name in names}, parameters, spec)
+    tensors = {
+        name: _complex_from_pairs(path, name, stored[name]) if name in complex_names else stored[name] for name in names
+    }
+    return StoredModel(graph, tensors, parameters, spec)
+
+
+def _complex_from_pairs(path: Path, name: str, pairs: np.ndarray) -> np.ndarray:
+    """A complex tensor stored as real `(..., 2)` (real and imaginary parts) by `save`."""
+    if pairs.dtype not in (np.float32, np.float64) or pairs.ndim == 0 or pairs.shape[-1] != 2:
+        raise JaxjacError(
+            f"{path}: complex tensor `{name}` should be stored as float32 or float64 (..., 2) pairs; "
+            f"found {pairs.dtype} {pairs.shape}"
+        )
+    return pairs[..., 0] + 1j * pairs[..., 1].astype(np.result_type(pairs.dtype, np.complex64))
 
 
 def _read_metadata(path: Path, data: bytes) -> dict[str, str]:

@@ -131,6 +131,8 @@ def _encode(value: Any) -> Any:
         return [_encode(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": repr(value)}
+    if isinstance(value, complex):
+        return {"$complex": [repr(value.real), repr(value.imag)]}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"cannot store a graph argument of type {type(value).__name__}: {value!r}")
@@ -145,5 +147,7 @@ def _decode(value: Any) -> Any:
             return DType(payload)
         if key == "$float":
             return float(payload)
+        if key == "$complex":
+            return complex(float(payload[0]), float(payload[1]))
         return Ref(key[1:], payload)
     return value

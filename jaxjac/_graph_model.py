@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._graph import Graph
-from ._interpret import check_supported, run_graph
+from ._interpret import check_supported, complex_dtype, run_graph
 
 SampleFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
 
@@ -109,11 +109,14 @@ class GraphModel(ModelInterface):
 def tensor_dtype(dtype: np.dtype, float_dtype: np.dtype) -> np.dtype:
     """The dtype a stored tensor takes in a model computing in `float_dtype`.
 
-    Floats take the model's float dtype; other tensors what `jnp.asarray`
-    makes of them (int64 becomes int32 unless 64-bit JAX is on).
+    Floats take the model's float dtype and complex tensors (spectral
+    weights) its complex counterpart; other tensors what `jnp.asarray` makes
+    of them (int64 becomes int32 unless 64-bit JAX is on).
     """
     if np.issubdtype(dtype, np.floating):
         return np.dtype(float_dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        return complex_dtype(float_dtype)
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import converters
 from ._errors import UnsupportedOpError
@@ -45,17 +46,25 @@ _DATA_DEPENDENT = frozenset(
 )
 
 
+def complex_dtype(float_dtype) -> np.dtype:
+    """The complex dtype of a model computing in `float_dtype`: complex128 for float64, else complex64."""
+    return np.dtype(np.complex128 if np.dtype(float_dtype) == np.float64 else np.complex64)
+
+
 def resolve_dtype(name: str, float_dtype: jnp.dtype) -> jnp.dtype:
     """The JAX dtype that stands for torch dtype `name` in a model computing in `float_dtype`.
 
     float32 and float64 both mean "the model's float dtype", so that a model
-    converted for float64 stays in float64 through its explicit casts.
+    converted for float64 stays in float64 through its explicit casts, and
+    complex64 and complex128 its complex counterpart.
     Integer dtypes take JAX's default integer width, which is 32 bits unless
     x64 is enabled.
     """
     if name in ("float32", "float64"):
         return float_dtype
-    if name in ("float16", "bfloat16", "bool", "complex64"):
+    if name in ("complex64", "complex128"):
+        return complex_dtype(float_dtype)
+    if name in ("float16", "bfloat16", "bool"):
         return jnp.dtype(name)
     if name in _INTEGER_DTYPES:
         return jnp.dtype(name) if name in ("int8", "int16", "uint8") else jax.dtypes.canonicalize_dtype(jnp.int64)

@@ -13,6 +13,7 @@ import torch
 
 from ._errors import JaxjacError
 from ._graph import DType, Graph, Node, Ref
+from ._graph_model import tensor_dtype
 from ._interpret import check_supported
 
 # Arguments that say where or how torch lays out memory: meaningless in JAX.
@@ -42,6 +43,8 @@ def _tensor_to_numpy(t: torch.Tensor, float_dtype: np.dtype) -> np.ndarray:
     t = t.detach().cpu()
     if t.is_floating_point():
         return t.to(torch.float64).numpy().astype(float_dtype)
+    if t.is_complex():
+        return t.resolve_conj().to(torch.complex128).numpy().astype(tensor_dtype(np.dtype(np.complex128), float_dtype))
     if t.dtype == torch.bool:
         return t.numpy().copy()
     return t.numpy().copy()
@@ -100,7 +103,7 @@ def lower_program(
             return tuple(convert_arg(a) for a in arg)
         if isinstance(arg, torch.dtype):
             return DType(str(arg).removeprefix("torch."))
-        if arg is None or isinstance(arg, bool | int | float | str):
+        if arg is None or isinstance(arg, bool | int | float | complex | str):
             return arg
         raise JaxjacError(f"cannot lower an argument of type {type(arg).__name__} ({arg!r})")
 

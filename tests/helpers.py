@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -30,6 +31,27 @@ def assert_close(actual, expected, dtype: str, what: str = "values") -> None:
         f"{what}: max abs error {err:.3g} vs scale {scale:.3g} (relative {err / max(scale, 1e-30):.3g}, "
         f"tolerance {RTOL[dtype]:g}, {dtype})"
     )
+
+
+class Fn(torch.nn.Module):
+    """A function of the input as a module, for op tests."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def cast(net: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """`net` with float tensors in `dtype` and complex ones in its complex counterpart.
+
+    `net.to(torch.float64)` would drop the imaginary part of complex parameters.
+    """
+    real = TORCH_DTYPES[dtype]
+    complex_ = torch.complex128 if real == torch.float64 else torch.complex64
+    return net._apply(lambda t: t.to(real) if t.is_floating_point() else t.to(complex_) if t.is_complex() else t)
 
 
 def torch_reference(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +94,7 @@ def assert_converts(
     - `x`: the inputs to compare on `(n, *sample_shape)`; default standard normal.
     - `methods`: Jacobian formulations to check.
     """
-    net = copy.deepcopy(net).to(TORCH_DTYPES[dtype]).eval()
+    net = cast(copy.deepcopy(net), dtype).eval()
     if x is None:
         x = np.random.default_rng(seed).standard_normal((n, *sample_shape))
     xt = torch.as_tensor(np.asarray(x)).to(TORCH_DTYPES[dtype])

@@ -69,7 +69,8 @@ def test_file_is_plain_safetensors_with_metadata(saved, model):
     (header_len,) = struct.unpack("<Q", saved.read_bytes()[:8])
     header = json.loads(saved.read_bytes()[8 : 8 + header_len])
     meta = header["__metadata__"]
-    assert (meta["format"], meta["format_version"]) == ("jaxjac", str(FORMAT_VERSION))
+    # Without complex tensors a file is format version 1, which every jaxjac reads.
+    assert (meta["format"], meta["format_version"]) == ("jaxjac", "1")
     assert json.loads(meta["spec"]) == {"sample_shape": [1, 32], "output_shape": [3], "dtype": "float32"}
     assert "features.0.weight" in json.loads(meta["parameters"])
     assert "features.1.running_mean" not in json.loads(meta["parameters"])

@@ -45,6 +45,7 @@ ACTIVATIONS = {
     "hardswish": lambda: nn.Hardswish(),
     "hardsigmoid": lambda: nn.Hardsigmoid(),
     "hardtanh-custom": lambda: nn.Hardtanh(-0.5, 2.0),
+    "rrelu": lambda: nn.RReLU(0.1, 0.4),
     "softplus": lambda: nn.Softplus(),
     "softplus-beta2-threshold3": lambda: nn.Softplus(beta=2.0, threshold=3.0),
     "softsign": lambda: nn.Softsign(),

@@ -89,6 +89,11 @@ POINTWISE = {
     "hyperbolic": lambda x, b: (
         torch.sinh(x) + torch.cosh(x) + torch.asinh(x) + torch.acosh(x.abs() + 1.5) + torch.atanh(0.3 * x)
     ),
+    "signbit-bucketize": lambda x, b: (
+        x * torch.signbit(x)
+        + x * torch.bucketize(x, torch.tensor([-0.5, 0.0, 0.5]))
+        + x * torch.bucketize(x.detach(), torch.tensor([-1.0, 0.25]), right=True, out_int32=True)
+    ),
     "erf-hypot": lambda x, b: torch.erf(x) + torch.erfc(x) + torch.special.erfinv(0.3 * x) + torch.hypot(x, b),
     "minimum-maximum": lambda x, b: torch.maximum(x, b - 1) + torch.minimum(x, 0.5 - b),
     "sign-round": lambda x, b: x * (torch.sign(x) + torch.floor(x) + torch.ceil(x) + torch.round(x) + torch.trunc(x)),

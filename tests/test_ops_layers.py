@@ -113,6 +113,28 @@ def test_upsample_linear(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_upsample_2d(dtype):
+    as_image = Apply(nn.Identity(), head=lambda y: y.unsqueeze(-1).expand(-1, -1, -1, 3) * torch.arange(1.0, 4.0))
+    bank = Bank(
+        nn.Sequential(as_image, nn.Upsample(scale_factor=(1.5, 2), mode="bilinear")),
+        nn.Sequential(as_image, nn.Upsample(size=(11, 5), mode="bilinear", align_corners=True)),
+        nn.Sequential(as_image, nn.Upsample(size=(13, 4), mode="nearest")),
+    )
+    assert_converts(nn.Sequential(nn.Conv1d(2, 2, 1), bank), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [2.0, 1.0, 3.0, float("inf"), 0.0])
+def test_cdist(dtype, p):
+    # Row 0 of both sets is the same point: a zero distance, whose gradient torch defines as 0.
+    def head(y):
+        points = y.transpose(1, 2)
+        return torch.cdist(points, torch.cat([points[:, :1], points[:, 2:5] * 0.5], 1), p=p)
+
+    assert_converts(Apply(nn.Conv1d(2, 3, 1), head=head), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_norm_parametrization(dtype):
     bank = Bank(*(nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3), dim=dim) for dim in (0, 1, None)))
     assert_converts(nn.Sequential(bank, nn.Tanh()), (2, 8), dtype)
