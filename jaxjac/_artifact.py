@@ -10,6 +10,7 @@ the model's Python code, and reading one as a `GraphModel` (what
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -68,6 +69,7 @@ def save(model: ConvertedModel, path: str | PathLike, *, overwrite: bool = False
         # Stored as real (..., 2) pairs: not every safetensors release has complex dtypes.
         tensors.update({name: np.stack([tensors[name].real, tensors[name].imag], axis=-1) for name in complex_names})
         metadata.update(format_version="2", complex_tensors=json.dumps(complex_names))
+    metadata[_DIGEST] = _content_digest(metadata, tensors)
     _write_atomically(path, _st_save(tensors, metadata=metadata), overwrite=overwrite)
 
 
@@ -91,10 +93,7 @@ def _header_metadata(model: ConvertedModel) -> dict[str, str]:
 def _is_param(model: ConvertedModel, name: str) -> bool:
     from flax import nnx
 
-    node: Any = model
-    for part in name.split("."):
-        node = getattr(node, part)
-    return isinstance(node, nnx.Param)
+    return isinstance(model.variable(name), nnx.Param)
 
 
 def _write_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
@@ -127,6 +126,25 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         if path.exists():
             raise JaxjacError(f"{path} already exists; pass overwrite=True to replace it") from None
         os.replace(tmp, path)
+
+
+_DIGEST = "content_sha256"
+
+
+def _content_digest(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
+    """A sha256 of everything an artifact holds: its metadata and each tensor's name, dtype, shape and bytes.
+
+    Stored in the file, it catches a flipped bit or an edited header that would
+    still parse and silently change the numbers.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(k for k in metadata if k != _DIGEST):
+        digest.update(json.dumps([key, metadata[key]]).encode())
+    for name in sorted(tensors):
+        value = np.ascontiguousarray(tensors[name])
+        digest.update(json.dumps([name, str(value.dtype), list(value.shape)]).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 class StoredModel(NamedTuple):
@@ -168,6 +186,15 @@ def read_artifact(path: str | PathLike) -> StoredModel:
     data = path.read_bytes()
     meta = _read_metadata(path, data)
     try:
+        stored = _st_load(data)
+    except Exception as error:  # safetensors reports bad framing with its own error types
+        raise JaxjacError(f"{path} is damaged: its tensors cannot be read ({_first_line(error)})") from None
+    if _DIGEST in meta and _content_digest(meta, stored) != meta[_DIGEST]:
+        raise JaxjacError(
+            f"{path} is damaged: its contents do not match the checksum written with it (a changed byte or an "
+            "edited header); convert the model again or restore the file"
+        )
+    try:
         graph = Graph.from_json(json.loads(meta["graph"]))
         spec_json = json.loads(meta["spec"])
         names = json.loads(meta["tensor_names"])
@@ -177,21 +204,25 @@ def read_artifact(path: str | PathLike) -> StoredModel:
         json.loads(metadata_json)
     except (KeyError, ValueError, TypeError) as error:
         raise JaxjacError(f"{path}: the jaxjac metadata is damaged or incomplete ({error})") from error
-    if spec_json["dtype"] == "float64" and not jax.config.jax_enable_x64:
+    try:
+        spec = ModelSpec(
+            sample_shape=_shape(spec_json["sample_shape"]),
+            output_shape=_shape(spec_json["output_shape"]),
+            dtype=spec_json["dtype"],
+            metadata_json=metadata_json,
+        )
+        if spec.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype {spec.dtype!r}")
+    except (KeyError, ValueError, TypeError) as error:
+        raise JaxjacError(f"{path}: the jaxjac metadata is damaged or incomplete (spec: {error})") from None
+    if spec.dtype == "float64" and not jax.config.jax_enable_x64:
         raise JaxjacError(
             f"{path} holds a float64 model; enable 64-bit JAX before loading it: "
             "jax.config.update('jax_enable_x64', True), or load inside `with jax.enable_x64(True):`"
         )
-    stored = _st_load(data)
     missing = [name for name in names if name not in stored]
     if missing:
         raise JaxjacError(f"{path}: the artifact lists tensor `{missing[0]}` but holds no such tensor")
-    spec = ModelSpec(
-        sample_shape=tuple(spec_json["sample_shape"]),
-        output_shape=tuple(spec_json["output_shape"]),
-        dtype=spec_json["dtype"],
-        metadata_json=metadata_json,
-    )
     tensors = {
         name: _complex_from_pairs(path, name, stored[name]) if name in complex_names else stored[name] for name in names
     }
@@ -225,21 +256,38 @@ def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise JaxjacError(f"{not_safetensors}; found no safetensors header") from None
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise JaxjacError(f"{path} is damaged: its safetensors metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise JaxjacError(
             f"{path} is a safetensors file but not a jaxjac artifact: expected metadata format 'jaxjac', "
             f"found {meta.get('format')!r}"
         )
     version = meta.get("format_version", "")
-    if not version.isdigit():
+    if not isinstance(version, str) or not version.isdigit():
         raise JaxjacError(f"{path}: expected an integer artifact format version, found {version!r}")
     if int(version) > FORMAT_VERSION:
         raise JaxjacError(
             f"{path} was written by a newer jaxjac (artifact format version {version}); this jaxjac "
             f"reads version {FORMAT_VERSION}: upgrade jaxjac (pip install -U jaxjac)"
         )
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    try:
+        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise JaxjacError(
+            f"{path} is damaged: its safetensors header has a tensor entry without valid offsets"
+        ) from None
     needed = 8 + header_len + max(ends, default=0)
     if needed > len(data):
         raise JaxjacError(f"{path} is truncated: its header needs {needed} bytes, the file holds {len(data)}")
     return meta
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise ValueError(f"expected a shape (a list of sizes), found {value!r}")
+    return tuple(value)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -99,8 +99,9 @@ def check_conversion(
     if failed:
         raise ConversionCheckError(
             f"the converted model disagrees with torch beyond rtol={rtol:g}, atol={atol:g} on "
-            f"{report['n_probes']} probe inputs: {'; '.join(failed)}. This is a lowering bug: please report it; "
-            "raise --rtol/--atol only if the difference is expected",
+            f"{report['n_probes']} probe inputs: {'; '.join(failed)}. Unless forward computes in float64 without 64-bit JAX (see the warning) "
+            "or on random numbers, this is a lowering bug: please report it; raise --rtol/--atol only if the "
+            "difference is expected",
             report,
         )
     return report

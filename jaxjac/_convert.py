@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -13,6 +16,7 @@ import torch
 from ._check import DEFAULT_ATOL, DEFAULT_RTOL, check_conversion
 from ._errors import JaxjacError
 from ._export import export_one_sample
+from ._graph import DType
 from ._graph_model import ModelSpec, output_shape_of
 from ._lower import lower_program
 from ._model import ConvertedModel
@@ -92,39 +96,96 @@ def convert(
             "first, or convert inside `with jax.enable_x64(True):`"
         )
     sample = _sample_batch(example_input)
-    net_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
-    if net_dtype != _TORCH_DTYPES[dtype]:
-        net = copy.deepcopy(net).to(_TORCH_DTYPES[dtype])
-    sample = sample.to(_TORCH_DTYPES[dtype])
-    program = export_one_sample(net, sample)
-    graph, tensors = lower_program(program, float_dtype=np.dtype(dtype), output_index=output_index)
-    parameters = frozenset(
-        spec.target
-        for spec in program.graph_signature.input_specs
-        if spec.kind == torch.export.graph_signature.InputKind.PARAMETER
-    )
-    sample_shape = tuple(sample.shape[1:])
-    info: dict[str, Any] = {"versions": versions(), **(metadata or {})}
-
-    def build(info: dict[str, Any]) -> ConvertedModel:
-        spec = ModelSpec(
-            sample_shape=sample_shape,
-            output_shape=output_shape_of(graph, tensors, sample_shape, dtype),
-            dtype=dtype,
-            metadata_json=json.dumps(info, sort_keys=True),
+    with _in_dtype(net, _TORCH_DTYPES[dtype]) as net:
+        sample = sample.to(_TORCH_DTYPES[dtype])
+        program = export_one_sample(net, sample)
+        graph, tensors = lower_program(program, float_dtype=np.dtype(dtype), output_index=output_index)
+        _warn_float64_steps(graph)
+        parameters = frozenset(
+            spec.target
+            for spec in program.graph_signature.input_specs
+            if spec.kind == torch.export.graph_signature.InputKind.PARAMETER
         )
-        return ConvertedModel(graph, tensors, parameters, spec)
+        sample_shape = tuple(sample.shape[1:])
+        info: dict[str, Any] = {"versions": versions(), **(metadata or {})}
 
-    model = build(info)
-    if check:
-        if check_data is None:
-            probes = default_probes(example_input, n_probes, seed)
-        else:
-            probes = np.asarray(check_data)
-            if tuple(probes.shape[1:]) != sample_shape:
-                raise JaxjacError(
-                    f"check data holds samples of shape {tuple(probes.shape[1:])}; the model expects {sample_shape}"
-                )
-        info["check"] = check_conversion(net, model, probes, rtol=rtol, atol=atol, output_index=output_index)
+        def build(info: dict[str, Any]) -> ConvertedModel:
+            spec = ModelSpec(
+                sample_shape=sample_shape,
+                output_shape=output_shape_of(graph, tensors, sample_shape, dtype),
+                dtype=dtype,
+                metadata_json=json.dumps(info, sort_keys=True),
+            )
+            return ConvertedModel(graph, tensors, parameters, spec)
+
         model = build(info)
-    return model
+        if check:
+            if check_data is None:
+                probes = default_probes(example_input, n_probes, seed)
+            else:
+                probes = np.asarray(check_data)
+                if tuple(probes.shape[1:]) != sample_shape:
+                    raise JaxjacError(
+                        f"check data holds samples of shape {tuple(probes.shape[1:])}; the model expects {sample_shape}"
+                    )
+            info["check"] = check_conversion(net, model, probes, rtol=rtol, atol=atol, output_index=output_index)
+            model = build(info)
+        return model
+
+
+@contextlib.contextmanager
+def _in_dtype(net: torch.nn.Module, dtype: torch.dtype) -> Iterator[torch.nn.Module]:
+    """`net` with its float tensors in `dtype` and its complex ones in the matching complex dtype, for the block.
+
+    A cast copy when the model can be copied; otherwise (non-leaf tensor
+    attributes, as the old `weight_norm` hook keeps, cannot be deep-copied)
+    the model itself, cast back when the block ends. `net.to(torch.float64)`
+    would also drop the imaginary part of complex parameters.
+    """
+    complex_ = torch.complex128 if dtype == torch.float64 else torch.complex64
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t.to(complex_) if t.is_complex() else t
+
+    if all(cast(t).dtype == t.dtype for t in (*net.parameters(), *net.buffers())):
+        yield net
+        return
+    try:
+        copied = copy.deepcopy(net)
+    except RuntimeError:
+        copied = None
+    if copied is not None:
+        yield copied._apply(cast)
+        return
+    original = {key: t.dtype for key, t in _own_tensors(net)}
+    net._apply(cast)
+    try:
+        yield net
+    finally:
+        with torch.no_grad():
+            for key, t in _own_tensors(net):
+                if t.dtype != original.get(key, t.dtype):
+                    t.data = t.data.to(original[key])
+
+
+def _own_tensors(net: torch.nn.Module) -> Iterator[tuple[tuple[str, str], torch.Tensor]]:
+    for path, module in net.named_modules():
+        for name, t in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
+            yield (path, name), t
+
+
+def _warn_float64_steps(graph) -> None:
+    """Warn when forward casts to float64 but JAX can only compute float32 (64-bit JAX off)."""
+    if jax.config.jax_enable_x64:
+        return
+    for node in graph.nodes:
+        values = [*node.args, *(value for _, value in node.kwargs)]
+        if any(isinstance(v, DType) and v.name in ("float64", "complex128") for v in values):
+            warnings.warn(
+                f"{node.where()} computes in float64 inside forward, but 64-bit JAX is off, so jaxjac computes that "
+                "step in float32, unlike torch; enable it (jax.config.update('jax_enable_x64', True)) before "
+                "converting and computing, or convert with dtype='float64'",
+                UserWarning,
+                stacklevel=3,
+            )
+            return

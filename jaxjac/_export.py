@@ -71,13 +71,40 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     with eval_mode(net), torch.enable_grad(), _quiet_export():
         try:
             program = torch.export.export(net, (sample,))
-        except Exception as error:  # torch raises many types here; keep its first line
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        except Exception as error:  # torch raises many types here, with long messages
             raise JaxjacError(
-                f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: {first}"
+                f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: "
+                f"{_gist(error)}"
             ) from error
         _detach_no_grad_blocks(program)
         return program.run_decompositions(_decomposition_table())
+
+
+# Causes torch.export names obscurely, and what to do about them.
+_EXPORT_HINTS = (
+    (
+        "fake tensor in the exported program constant",
+        "forward seems to assign to a parameter or buffer (as a max-norm constraint's `self.weight.data = ...` "
+        "does); apply that once before converting, outside forward",
+    ),
+    (
+        ".numpy() is not supported",
+        "forward turns a tensor into Python values (.numpy(), .item(), .tolist()), so what it computes depends on "
+        "the data; jaxjac needs one program for every input",
+    ),
+)
+
+
+def _gist(error: BaseException) -> str:
+    """Torch's message in one line: its first line, and its last when that adds the cause, plus a hint."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    gist = lines[0] if len(lines[0]) <= 300 else lines[0][:300] + " ..."
+    if len(lines) > 1 and lines[-1] not in gist:
+        gist += f" ... {lines[-1][:300]}"
+    for pattern, hint in _EXPORT_HINTS:
+        if pattern in str(error):
+            gist += f" ({hint})"
+    return gist + "; --debug shows torch's full message" if len(lines) > 1 else gist
 
 
 def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:

@@ -51,21 +51,18 @@ def complex_dtype(float_dtype) -> np.dtype:
     return np.dtype(np.complex128 if np.dtype(float_dtype) == np.float64 else np.complex64)
 
 
-def resolve_dtype(name: str, float_dtype: jnp.dtype) -> jnp.dtype:
-    """The JAX dtype that stands for torch dtype `name` in a model computing in `float_dtype`.
+def resolve_dtype(name: str) -> jnp.dtype:
+    """The JAX dtype that stands for torch dtype `name`.
 
-    float32 and float64 both mean "the model's float dtype", so that a model
-    converted for float64 stays in float64 through its explicit casts, and
-    complex64 and complex128 its complex counterpart.
-    Integer dtypes take JAX's default integer width, which is 32 bits unless
-    x64 is enabled.
+    Explicit float and complex dtypes are kept as torch has them: a graph is
+    traced in the dtype it is converted to, so a float32 step inside a
+    float64 model (`.float()`, a float32 `linspace`) rounds as it does in
+    torch. Without 64-bit JAX, float64 and complex128 can only be float32 and
+    complex64 (`convert` warns about such casts). Integer dtypes take JAX's
+    default integer width, which is 32 bits unless x64 is enabled.
     """
-    if name in ("float32", "float64"):
-        return float_dtype
-    if name in ("complex64", "complex128"):
-        return complex_dtype(float_dtype)
-    if name in ("float16", "bfloat16", "bool"):
-        return jnp.dtype(name)
+    if name in ("float32", "float64", "complex64", "complex128", "float16", "bfloat16", "bool"):
+        return jax.dtypes.canonicalize_dtype(jnp.dtype(name))
     if name in _INTEGER_DTYPES:
         return jnp.dtype(name) if name in ("int8", "int16", "uint8") else jax.dtypes.canonicalize_dtype(jnp.int64)
     raise ValueError(f"torch dtype {name!r} is not supported by jaxjac")
@@ -102,7 +99,7 @@ def run_graph(
                 return tensors[arg.name]
             return x
         if isinstance(arg, DType):
-            return resolve_dtype(arg.name, float_dtype)
+            return resolve_dtype(arg.name)
         if isinstance(arg, tuple):
             return tuple(value(a) for a in arg)
         return arg

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -95,6 +96,11 @@ def load_checkpoint(
         else:
             checkpoint = _load_pickle_based(path, arch, arch_kwargs, allow_pickle)
     checkpoint.notes[:0] = notes
+    if checkpoint.format == "pickled-module" and any(m.training for m in checkpoint.net.modules()):
+        checkpoint.notes.append(
+            f"{path.name} holds a module saved in train mode; it is converted in eval mode "
+            "(BatchNorm uses its running statistics, Dropout is the identity)"
+        )
     for m in checkpoint.net.modules():
         # Set the flags directly: unlifted ExportedProgram modules refuse .eval().
         m.training = False
@@ -276,8 +282,31 @@ def _load_pickle_based(
             "pass --arch package.module:Class (and --arch-kwargs JSON if it takes arguments)"
         )
     net = build_arch(arch, arch_kwargs)
+    state, prefix_notes = match_key_prefix(state, list(net.state_dict()))
     _load_strict(net, state, path, arch)
-    return Checkpoint(net, "state-dict", None, notes)
+    return Checkpoint(net, "state-dict", None, notes + prefix_notes)
+
+
+def match_key_prefix(state: dict[str, Any], wanted: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The entries of `state` under the one key prefix that holds every key in `wanted`, prefix removed.
+
+    Training wrappers save the network's weights under a prefix: `model.` (a
+    PyTorch Lightning module's attribute), `_orig_mod.` (`torch.compile`),
+    `ema.` or `module.` combinations. When `state` does not match `wanted`
+    as it is, look for one prefix under which every wanted key exists, and
+    keep only those entries. Returns `state` unchanged when none fits.
+    """
+    if not wanted or set(wanted) <= set(state):
+        return state, []
+    first = wanted[0]
+    prefixes = sorted({key[: -len(first)] for key in state if key.endswith("." + first)}, key=len)
+    for prefix in prefixes:
+        inner = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        if set(wanted) <= set(inner):
+            ignored = len(state) - len(inner)
+            rest = f"; ignoring {ignored} entries outside it" if ignored else ""
+            return inner, [f"using the state_dict entries under the key prefix {prefix!r}{rest}"]
+    return state, []
 
 
 def _find_module(obj: Any) -> torch.nn.Module | None:
@@ -340,6 +369,10 @@ def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Mod
                 f"--arch {arch}: cannot import {module_name!r} from {Path.cwd()} or the installed packages "
                 f"({_first_line(error)}); run jaxjac from the directory that holds your model code"
             ) from error
+        except Exception as error:  # the module's own code failed (SyntaxError, a failing import-time call)
+            raise JaxjacError(
+                f"--arch {arch}: importing {module_name!r} failed with {type(error).__name__}: {_first_line(error)}"
+            ) from error
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -347,10 +380,19 @@ def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Mod
         target = getattr(target, part)
     if not callable(target):
         raise JaxjacError(f"--arch {arch}: expected a class or factory function; found a {type(target).__name__}")
+    kwargs = dict(arch_kwargs or {})
     try:
-        net = target(**dict(arch_kwargs or {}))
+        inspect.signature(target).bind(**kwargs)
     except TypeError as error:
-        raise JaxjacError(f"--arch-kwargs {dict(arch_kwargs or {})} do not fit {arch}: {_first_line(error)}") from error
+        raise JaxjacError(f"--arch-kwargs {kwargs} do not fit {arch}: {_first_line(error)}") from error
+    except ValueError:  # no signature to check (a builtin): the call below tells
+        pass
+    try:
+        net = target(**kwargs)
+    except Exception as error:
+        raise JaxjacError(
+            f"--arch {arch}: building it with --arch-kwargs {kwargs} raised {type(error).__name__}: {_first_line(error)}"
+        ) from error
     if not isinstance(net, torch.nn.Module):
         raise JaxjacError(f"--arch {arch}: expected it to build a torch.nn.Module; it built a {type(net).__name__}")
     return net

@@ -32,7 +32,20 @@ class TorchTree(nnx.Module):
         return getattr(self, str(key))
 
 
-_RESERVED = frozenset({"graph", "spec", "tensor_names", "parameter_names"})
+def attribute_path(name: str) -> list[str]:
+    """The attribute path of torch tensor `name` in a `ConvertedModel`.
+
+    The same as the torch path, except that a part that would hide an
+    attribute or method of the converted module (`spec`, `tensors`, `eval`)
+    gets trailing underscores (`model.spec_.conv.weight`).
+    """
+    path = []
+    for depth, part in enumerate(name.split(".")):
+        taken = _ROOT_NAMES if depth == 0 else _TREE_NAMES
+        while part in taken:
+            part += "_"
+        path.append(part)
+    return path
 
 
 class ConvertedModel(TorchTree, ModelInterface):
@@ -58,9 +71,7 @@ class ConvertedModel(TorchTree, ModelInterface):
         self.tensor_names = tuple(tensors)
         float_dtype = jnp.dtype(spec.dtype)
         for name, array in tensors.items():
-            parts = name.split(".")
-            if parts[0] in _RESERVED:
-                raise JaxjacError(f"torch tensor `{name}` clashes with a reserved attribute of the converted model")
+            parts = attribute_path(name)
             node: TorchTree = self
             for part in parts[:-1]:
                 if not hasattr(node, part):
@@ -71,13 +82,14 @@ class ConvertedModel(TorchTree, ModelInterface):
 
     def tensors(self) -> dict[str, jax.Array]:
         """The current parameters and buffers, by dotted torch name."""
-        out = {}
-        for name in self.tensor_names:
-            node: Any = self
-            for part in name.split("."):
-                node = getattr(node, part)
-            out[name] = node[...]
-        return out
+        return {name: self.variable(name)[...] for name in self.tensor_names}
+
+    def variable(self, name: str) -> nnx.Variable:
+        """The `nnx.Param` or `Buffer` that holds torch tensor `name` (see `attribute_path`)."""
+        node: Any = self
+        for part in attribute_path(name):
+            node = getattr(node, part)
+        return node
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map a batch `(N, *sample_shape)` to outputs `(N, *output_shape)`."""
@@ -85,3 +97,8 @@ class ConvertedModel(TorchTree, ModelInterface):
         if x.shape[1:] != self.sample_shape:
             raise JaxjacError(f"input batch has samples of shape {x.shape[1:]}; the model expects {self.sample_shape}")
         return batched_forward(self.graph, self.spec)(self.tensors(), x)
+
+
+# Names a torch module or tensor must not take as an attribute: they would hide the module's own.
+_TREE_NAMES = frozenset(dir(TorchTree))
+_ROOT_NAMES = frozenset(dir(ConvertedModel)) | {"graph", "spec", "tensor_names"}

@@ -60,6 +60,8 @@ def summary(result: RunResult, *, output: str, platform: str, rows_total: int) -
         "platform": platform,
         "nonfinite_rows": result.nonfinite_count,
         "nonfinite_first": result.nonfinite_first,
+        "nonfinite_output_rows": result.nonfinite_output_count,
+        "nonfinite_output_first": result.nonfinite_output_first,
     }
 
 
@@ -78,4 +80,11 @@ def summary_line(info: dict[str, Any]) -> str:
         first = ", ".join(str(i) for i in info["nonfinite_first"])
         more = ", ..." if info["nonfinite_rows"] > len(info["nonfinite_first"]) else ""
         line += f"; {info['nonfinite_rows']} rows had NaN/Inf inputs (rows {first}{more}): their output rows are NaN"
+    if info.get("nonfinite_output_rows"):
+        first = ", ".join(str(i) for i in info["nonfinite_output_first"])
+        more = ", ..." if info["nonfinite_output_rows"] > len(info["nonfinite_output_first"]) else ""
+        line += (
+            f"; {info['nonfinite_output_rows']} rows with finite inputs have NaN/Inf results (rows {first}{more}): "
+            "the model itself is not finite there"
+        )
     return line

@@ -9,9 +9,12 @@ the numbers; `--resume` refuses a run whose fingerprint differs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._durable import replace_atomically
 from ._errors import JaxjacError
@@ -44,7 +47,27 @@ def read_progress(path: Path) -> dict[str, Any]:
         raise JaxjacError(f"{path} is not a jaxjac progress file; pass --force to start over")
     if state.get("version") != VERSION:
         raise JaxjacError(f"{path} has progress format version {state.get('version')!r}; this jaxjac reads {VERSION}")
+    for field, least in (("completed_rows", 0), ("batch_size", 1)):
+        value = state.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise JaxjacError(
+                f"{path}: expected `{field}` to be an integer >= {least}, found {value!r}; the progress file is "
+                "damaged: pass --force to start over"
+            )
     return state
+
+
+def data_digest(reader, rows: int = 64) -> str:
+    """A sha256 of up to `rows` rows spread evenly over `reader` (first and last included).
+
+    Part of the resume fingerprint: a data file regenerated in place, with the
+    same path, shape and dtype, is caught without reading all of it.
+    """
+    n = reader.n_samples
+    digest = hashlib.sha256()
+    for index in sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(rows)} if n else set()):
+        digest.update(np.ascontiguousarray(reader.read(index, index + 1)).tobytes())
+    return digest.hexdigest()
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], sidecar: Path) -> None:

@@ -56,6 +56,9 @@ class RunResult:
     processes: int
     nonfinite_count: int = 0
     nonfinite_first: list[int] = field(default_factory=list)  # absolute row indices
+    # Rows whose inputs were finite but whose results hold NaN or Inf (log of 0, overflow).
+    nonfinite_output_count: int = 0
+    nonfinite_output_first: list[int] = field(default_factory=list)
     interrupted: bool = False
     program_cached: bool = False  # the compiled program came from the program cache (see `_program_cache`)
 
@@ -258,6 +261,8 @@ def run_stream(
         processes=processes,
         nonfinite_count=pipeline.nonfinite_count,
         nonfinite_first=pipeline.nonfinite_first,
+        nonfinite_output_count=pipeline.nonfinite_output_count,
+        nonfinite_output_first=pipeline.nonfinite_output_first,
         interrupted=stop_event.is_set() and pipeline.completed < row1 - row0,
         program_cached=cached,
     )
@@ -352,6 +357,8 @@ class _Pipeline:
         self.computed = 0
         self.nonfinite_count = 0
         self.nonfinite_first: list[int] = []
+        self.nonfinite_output_count = 0
+        self.nonfinite_output_first: list[int] = []
         self.error: BaseException | None = None
         self.halt = threading.Event()  # set on errors and when the main loop gives up: the reader stops
 
@@ -438,6 +445,7 @@ class _Pipeline:
                 self.writer.add(jax.tree.map(np.asarray, y))
             else:
                 rows = _local_rows(y)[:count]
+                self._count_nonfinite_results(item, rows)
                 if item.bad.size:
                     rows = np.array(rows)
                     rows[item.bad] = np.nan
@@ -450,6 +458,17 @@ class _Pipeline:
                 self._checkpoint()
                 last = time.monotonic()
         self._checkpoint()
+
+    def _count_nonfinite_results(self, item: _Batch, rows: np.ndarray) -> None:
+        """Count the rows with finite inputs whose results hold NaN or Inf."""
+        if np.isfinite(rows.sum(dtype=np.float32)):  # one cheap pass when every entry is finite
+            return
+        flags = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        flags[item.bad] = False  # already reported as NaN/Inf inputs
+        found = np.flatnonzero(flags)
+        self.nonfinite_output_count += found.size
+        room = FIRST_BAD_ROWS - len(self.nonfinite_output_first)
+        self.nonfinite_output_first += [int(item.start + i) for i in found[:room]]
 
     def _checkpoint(self) -> None:
         self.writer.flush()  # durable first, then recorded

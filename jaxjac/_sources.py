@@ -207,6 +207,7 @@ def open_zarr(path: str, where: str, key: str | None) -> ArraySource:
         raise
     except Exception as e:  # zarr raises many types for a broken store
         raise JaxjacError(f"{where} is not a readable zarr store ({type(e).__name__}: {e})") from None
+    notes = _missing_chunks(arr, where)
     dtype = arr.dtype
     if arr.attrs.get(BF16_ATTR) == "bfloat16" and dtype == np.uint16:
         import ml_dtypes
@@ -219,7 +220,25 @@ def open_zarr(path: str, where: str, key: str | None) -> ArraySource:
         except Exception as e:
             raise JaxjacError(f"{where} is corrupt: reading rows {lo}:{hi} failed ({type(e).__name__}: {e})") from None
 
-    return ArraySource(arr, dtype=dtype, get=get)
+    return ArraySource(arr, dtype=dtype, get=get, notes=notes)
+
+
+def _missing_chunks(arr, where: str) -> list[str]:
+    """A note when chunks of the zarr array are not stored: zarr reads them as its fill value.
+
+    That is how zarr stores chunks that hold only the fill value, and it is
+    also what an unfinished copy looks like; the note lets the user tell.
+    """
+    try:
+        stored, expected = arr.nchunks_initialized, arr.nchunks
+    except Exception:  # a store that cannot list its keys: nothing to check against
+        return []
+    if stored >= expected:
+        return []
+    return [
+        f"{where}: {expected - stored} of its {expected} chunks are not stored and read as the fill value "
+        f"{arr.fill_value!r}; zarr leaves out chunks that hold only that value, but so does an unfinished copy"
+    ]
 
 
 def open_torch(path: str, where: str, key: str | None) -> ArraySource:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import math
 import os
 import shutil
@@ -190,6 +191,8 @@ def create_writer(path, *, shape, dtype: str, overwrite: bool, chunk_rows: int |
     kind = _kind(path, dtype)
     _folder(path)
     work = partial_path(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        _refuse_foreign_folder(path)  # before any work, not when the finished output replaces it
     if not overwrite:
         if os.path.lexists(path):
             raise JaxjacError(f"output {path} already exists; {_OVERWRITE}")
@@ -313,13 +316,29 @@ def _default_chunk_rows(shape, itemsize: int) -> int:
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
+        _refuse_foreign_folder(path)
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
 
 
+def _refuse_foreign_folder(path: str) -> None:
+    """Refuse to delete a folder that is not a zarr array: `--force` replaces old outputs, not folders of files."""
+    try:
+        with open(os.path.join(path, "zarr.json")) as f:
+            is_array = json.load(f).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        is_array = False
+    if not is_array:
+        raise JaxjacError(
+            f"output {path} is an existing folder that is not a zarr array; jaxjac will not delete it, "
+            "even with --force: choose another -o"
+        )
+
+
 def _replace(src: str, dst: str) -> None:
     if os.path.isdir(dst) and not os.path.islink(dst):  # can't rename over a folder: move it aside
+        _refuse_foreign_folder(dst)
         aside = f"{dst}.old-{os.getpid()}"
         os.rename(dst, aside)
         os.rename(src, dst)

@@ -48,3 +48,17 @@ def arch(tmp_path, monkeypatch, request):
     name = "user_nets_" + re.sub(r"\W", "_", request.node.name)
     yield write_arch_module(tmp_path, name)
     sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def cache(tmp_path) -> list[str]:
+    """`--compile-cache` into the test's own folder."""
+    return ["--compile-cache", str(tmp_path / "xla")]
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> str:
+    """A small saved model (`test_run.make_artifact`), one per test module."""
+    from test_run import make_artifact
+
+    return make_artifact(tmp_path_factory.mktemp("model"))

@@ -10,20 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from test_run import N_CLASSES, SAMPLE_SHAPE, make_artifact, make_data
+from test_run import N_CLASSES, SAMPLE_SHAPE, make_data
 
 import jaxjac
 from jaxjac.cli import main
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return ["--compile-cache", str(tmp_path / "xla")]
 
 
 def one_error_line(err: str) -> str:

@@ -177,3 +177,88 @@ def test_forward_returning_a_dict_converts_and_is_checked():
 def test_something_that_is_not_a_module_is_refused():
     with pytest.raises(jaxjac.JaxjacError, match="expected a torch.nn.Module to convert, got str"):
         jaxjac.convert("net.pt", torch.randn(2, 1, 8))
+
+
+class Precise(nn.Module):
+    """A float32 model with a float64 step: a variance of signals far from zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        wide = x.double()
+        spread = (wide - wide.mean(-1, keepdim=True)).pow(2).mean(-1)
+        return self.head(torch.cat([spread.float(), x.mean(-1)], 1))
+
+
+def test_a_float64_step_without_64_bit_jax_is_warned_about():
+    x = torch.randn(2, 1, 8) + 500.0
+    with pytest.warns(UserWarning, match=r"computes in float64 inside forward, but 64-bit JAX is off"):
+        jaxjac.convert(Precise().eval(), x, check=False)
+
+
+def test_explicit_casts_inside_forward_round_as_in_torch():
+    # In a float64 model, `.float()` rounds to float32 as torch's does; with 64-bit JAX a
+    # float32 model's `.double()` step is float64. Both match torch to float64 rounding.
+    class Grid(nn.Module):
+        def forward(self, x):
+            grid = torch.linspace(0, 1, x.shape[-1]).float()  # float32 in torch, whatever the model's dtype
+            return (x * grid).sum(-1) + (x.float() * 1.1)[..., 0]  # a float32 product is rounded the same way
+
+    x = torch.randn(3, 1, 7, dtype=torch.float64)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(Grid().eval(), x, dtype="float64", check=False)
+        np.testing.assert_allclose(np.asarray(model(x.numpy())), Grid()(x).numpy(), rtol=1e-14, atol=0)
+        x32, precise = (torch.randn(3, 1, 8) + 500.0).float(), Precise().eval()
+        model = jaxjac.convert(precise, x32, check=False)
+        np.testing.assert_allclose(np.asarray(model(x32.numpy())), precise(x32).detach().numpy(), rtol=1e-6)
+
+
+def test_torch_names_that_clash_with_the_module_s_own_are_kept_with_an_underscore(tmp_path):
+    class Spectrogram(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.spec = nn.Conv1d(1, 2, 3)  # a common name for a spectrogram front end
+            self.tensors = nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.tensors(self.spec(x).flatten(1))
+
+    net = Spectrogram().eval()
+    x = torch.randn(2, 1, 8)
+    model = jaxjac.convert(net, x)
+    np.testing.assert_array_equal(np.asarray(model.spec_.weight[...]), net.spec.weight.detach().numpy())
+    assert set(model.tensors()) == set(dict(net.named_parameters()))
+    jaxjac.save(model, tmp_path / "m.jaxjac")
+    loaded = jaxjac.load(tmp_path / "m.jaxjac")
+    np.testing.assert_array_equal(np.asarray(loaded(x.numpy())), np.asarray(model(x.numpy())))
+
+
+def test_a_model_that_cannot_be_copied_is_cast_in_place_and_restored():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the hook version of weight_norm
+        net = nn.Sequential(nn.utils.weight_norm(nn.Conv1d(1, 2, 3)), nn.Flatten(), nn.Linear(12, 3)).eval()
+    x = torch.randn(2, 1, 8)
+    before = {k: (v.dtype, v.clone()) for k, v in net.state_dict().items()}
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, x, dtype="float64")
+    assert model.dtype == np.float64
+    for key, value in net.state_dict().items():
+        assert value.dtype == before[key][0] and torch.equal(value, before[key][1]), key
+
+
+def test_export_errors_give_torch_s_cause_and_a_hint():
+    class MaxNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 2, 3)
+
+        def forward(self, x):
+            self.conv.weight.data = torch.renorm(self.conv.weight.data, 2, 0, 1.0)
+            return self.conv(x).flatten(1)
+
+    with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*apply that once before converting"):
+        jaxjac.convert(MaxNorm().eval(), torch.randn(2, 1, 8))

@@ -9,18 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-from test_run import make_artifact, make_data
+from test_run import make_data
 
 import jaxjac
 from jaxjac._distributed import process_rows, read_sharded, shard_path
 
 RUN = "from jaxjac.cli import main; raise SystemExit(main())"
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("model"))
 
 
 def env(tmp_path, **extra) -> dict[str, str]:

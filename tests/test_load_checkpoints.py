@@ -110,8 +110,26 @@ def test_missing_and_unexpected_keys_in_one_line(tmp_path, net, arch):
 
 
 @pytest.mark.parametrize(
+    ("prefix", "extra"),
+    [
+        ("model.", {"loss_fn.weight": torch.ones(3)}),  # a PyTorch Lightning module's attribute
+        ("_orig_mod.", {}),  # torch.compile
+        ("ema.", {"model.head.weight": torch.zeros(3, 8)}),  # an EMA copy beside the live weights
+    ],
+)
+def test_state_dict_under_a_key_prefix(tmp_path, net, arch, prefix, extra):
+    state = {prefix + key: value for key, value in net.state_dict().items()} | extra
+    torch.save({"state_dict": state, "hyper_parameters": {"lr": 0.1}}, tmp_path / "wrapped.ckpt")
+    checkpoint = load_checkpoint(tmp_path / "wrapped.ckpt", arch=arch)
+    ignored = f"; ignoring {len(extra)} entries outside it" if extra else ""
+    assert any(n == f"using the state_dict entries under the key prefix {prefix!r}{ignored}" for n in checkpoint.notes)
+    assert_same_outputs(checkpoint.net, net)
+
+
+@pytest.mark.parametrize(
     ("spec", "kwargs", "message"),
     [
+        ("{module}:Net", {"n_classes": -1}, r"building it with --arch-kwargs \{'n_classes': -1\} raised RuntimeError"),
         ("nets.Net", None, r"--arch must look like package\.module:Class; got 'nets\.Net'"),
         ("no_such_module_xyz:Net", None, r"cannot import 'no_such_module_xyz' from .*run jaxjac from the directory"),
         ("{module}:Nett", None, r"has no attribute 'Nett'"),
@@ -123,6 +141,19 @@ def test_bad_arch(ckpts, arch, spec, kwargs, message):
     spec = spec.format(module=arch.split(":")[0])
     with pytest.raises(jaxjac.JaxjacError, match=message):
         load_checkpoint(ckpts["state_dict.pt"], arch=spec, arch_kwargs=kwargs)
+
+
+def test_arch_code_that_fails(tmp_path, ckpts, monkeypatch):
+    (tmp_path / "failing_arch.py").write_text("import torch\nraise RuntimeError('needs a GPU')\n")
+    (tmp_path / "picky_arch.py").write_text("def build(width=8):\n    raise ValueError('width must be 16')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(jaxjac.JaxjacError, match=r"importing 'failing_arch' failed with RuntimeError: needs a GPU"):
+        load_checkpoint(ckpts["state_dict.pt"], arch="failing_arch:Net")
+    with pytest.raises(
+        jaxjac.JaxjacError,
+        match=r"--arch picky_arch:build: building it with --arch-kwargs \{\} raised ValueError: width",
+    ):
+        load_checkpoint(ckpts["state_dict.pt"], arch="picky_arch:build")
 
 
 def test_pickled_module_is_refused_by_default(ckpts):

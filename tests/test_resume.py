@@ -19,18 +19,13 @@ import time
 
 import numpy as np
 import pytest
-from test_run import make_artifact, make_data
+from test_run import make_data
 
 import jaxjac
 from jaxjac.cli import main
 
 N, BATCH = 240, 4
 RUN = "from jaxjac.cli import main; raise SystemExit(main())"
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("model"))
 
 
 def jaxjac_cmd(argv: list[str]) -> list[str]:
@@ -130,3 +125,22 @@ def test_resume_with_a_changed_model_is_refused(artifact, tmp_path, capsys, monk
     ), err
     assert sidecar.read_bytes() == before and (tmp_path / "J.npy.partial").exists()
     assert main([*argv, "--force"]) == 0 and not sidecar.exists()
+
+
+def test_resume_with_data_regenerated_in_place_is_refused(artifact, tmp_path, capsys, monkeypatch):
+    # Same path, shape and dtype, other values: resuming would mix rows of two datasets.
+    x = tmp_path / "X.npy"
+    make_data(x, 40)
+    out = tmp_path / "J.npy"
+    argv = ["jacobian", artifact, str(x), "-o", str(out), "--compile-cache", str(tmp_path)]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("jaxjac._run.run_jacobian", killed)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    make_data(x, 40, seed=1)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "was written for data_rows_sha256=" in capsys.readouterr().err

@@ -54,11 +54,6 @@ def read_output(path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
 def model(artifact):
     return jaxjac.load(artifact)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -36,11 +37,18 @@ def _subcommand_modules() -> dict[str, ModuleType]:
     return modules
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (`jaxjac COMMAND: error: ...`) instead of a usage block first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
     """The root parser: global flags and one subparser per subcommand module."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxjac",
         description="Per-sample input Jacobians of PyTorch 1D CNNs, computed in JAX.",
         epilog="Run `jaxjac COMMAND --help` for the options and examples of each command.",
@@ -83,10 +91,22 @@ def _before_exit() -> None:
     gc.freeze()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one line each, `jaxjac: warning: ...`, without the source line."""
+    print(f"jaxjac: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     modules = _subcommand_modules()
     args = build_parser(modules).parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        return _run(modules, args, debug)
+
+
+def _run(modules: dict[str, ModuleType], args: argparse.Namespace, debug: bool) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except ConversionCheckError as error:
@@ -111,6 +131,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print_error("interrupted")
         return 130
+    except MemoryError:
+        if debug:
+            raise
+        print_error("out of memory: the inputs or --batch-size / --input-shape are too large for this machine")
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._errors import JaxjacError
 
 _SHAPE = re.compile(r"^\s*[\(\[]?\s*(\d+\s*(,\s*\d+\s*)*),?\s*[\)\]]?\s*$")
@@ -60,10 +62,60 @@ def print_note(message: str) -> None:
 
 
 def require_new_file(path: Path, force: bool) -> None:
-    """Refuse to go on when `path` exists (unless `force`) or cannot be created."""
+    """Refuse to go on when `path` exists (unless `force`), is a folder, or cannot be created."""
+    if not path.name or path.name in (".", ".."):
+        raise JaxjacError(f"-o {str(path)!r}: expected a file name")
+    if path.is_dir():
+        raise JaxjacError(f"-o {path} is an existing folder; expected a file path (choose another -o)")
     if path.exists() and not force:
         raise JaxjacError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
         raise JaxjacError(f"cannot write {path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise JaxjacError(f"cannot write {path}: folder {path.parent} is not writable")
+
+
+def refuse_writing_over_inputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Refuse an output that is, holds or lies inside one of the command's input files.
+
+    `--force` allows replacing an old *output*, never the data the command reads.
+    Keys name the flags (`-o`, `DATA`, `--labels`) for the message.
+    """
+    for out_flag, out in outputs.items():
+        for in_flag, source in inputs.items():
+            if out is not None and source is not None and _overlap(out, source):
+                raise JaxjacError(
+                    f"{out_flag} {out} would overwrite the input {in_flag} {source}; choose another {out_flag}"
+                )
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether paths `a` and `b` name the same file, or one folder holds the other."""
+    real_a, real_b = os.path.realpath(a), os.path.realpath(b)
+    if real_a == real_b or real_a.startswith(real_b + os.sep) or real_b.startswith(real_a + os.sep):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def load_npy(path: Path, flag: str, expected: str, *, mmap: bool = False) -> np.ndarray:
+    """The array in the `.npy` file `path`, or a one-line error naming `flag` and what was `expected`."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as error:
+        raise JaxjacError(f"{flag} {path}: cannot read it ({error.strerror or error})") from None
+    if head != b"\x93NUMPY":
+        found = "an empty file" if not head else f"a file that is not .npy (it starts with {head!r})"
+        raise JaxjacError(f"{flag} {path}: expected {expected} in a .npy file; found {found}")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise JaxjacError(
+            f"{flag} {path}: expected {expected} in a .npy file; it is damaged or pickled ({error})"
+        ) from None
+    if array.dtype.kind not in "biuf":
+        raise JaxjacError(f"{flag} {path}: expected {expected}; found an array of dtype {array.dtype}")
+    return array

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .._errors import JaxjacError
-from ._common import parse_json_object, parse_shape, print_note, require_new_file, sha256_of
+from ._common import (
+    load_npy,
+    parse_json_object,
+    parse_shape,
+    print_note,
+    refuse_writing_over_inputs,
+    require_new_file,
+    sha256_of,
+)
 
 DESCRIPTION = """\
 Convert a trained PyTorch 1D CNN into a jaxjac artifact (one safetensors file
@@ -98,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
 
     output = args.output or args.checkpoint.with_suffix(".jaxjac")
     require_new_file(output, args.force)  # fail before the slow part
-    check_data = _read_check_data(args.check_data) if args.check_data else None
+    refuse_writing_over_inputs({"-o": output}, {"CHECKPOINT": args.checkpoint, "--check-data": args.check_data})
+    if args.probes < 1:
+        raise JaxjacError(f"--probes must be at least 1; got {args.probes}")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise JaxjacError(f"{flag} must be a finite number >= 0; got {value}")
+    check_data = _read_check_data(args.check_data, args.dtype) if args.check_data else None
     sample_shape = args.input_shape
     if sample_shape is None and check_data is not None:
         sample_shape = tuple(check_data.shape[1:])
@@ -146,12 +161,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_check_data(path: Path) -> np.ndarray:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError as error:  # pickled object arrays, or not an .npy file at all
-        raise JaxjacError(f"--check-data {path}: expected a numeric .npy array; {error}") from error
-    if not hasattr(data, "ndim") or data.ndim < 2:
-        found = "an .npz archive" if not hasattr(data, "ndim") else f"an array of shape {data.shape}"
-        raise JaxjacError(f"--check-data {path}: expected an array of samples (P, *sample_shape); found {found}")
+def _read_check_data(path: Path, dtype: str) -> np.ndarray:
+    data = load_npy(path, "--check-data", "probe samples (P, *sample_shape) of real numbers")
+    if data.ndim < 2 or len(data) == 0:
+        raise JaxjacError(
+            f"--check-data {path}: expected probe samples (P, *sample_shape), P >= 1; found shape {data.shape}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(data.astype(np.float64)).all():
+            raise JaxjacError(f"--check-data {path}: expected finite probe samples; found NaN or Inf values")
+        if np.abs(data).max() > np.finfo(dtype).max:
+            raise JaxjacError(
+                f"--check-data {path}: holds values beyond the {dtype} range (up to {np.finfo(dtype).max:.3g})"
+            )
     return data

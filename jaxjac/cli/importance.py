@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .._errors import JaxjacError
-from ._common import print_note, require_new_file, sha256_of
+from ._common import load_npy, print_note, refuse_writing_over_inputs, require_new_file, sha256_of
 
 DESCRIPTION = """\
 Rank the features (e.g. spectral bands) of a dataset by how much a converted
@@ -123,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     what.add_argument("--samples", metavar="N", type=_positive, default=32, help="SmoothGrad noise draws (default 32)")
     what.add_argument(
-        "--seed", metavar="S", type=int, default=0, help="seed of the noise, the bootstrap and random rankings"
+        "--seed", metavar="S", type=_seed, default=0, help="seed of the noise, the bootstrap and random rankings"
     )
     rank = p.add_argument_group("ranking")
     rank.add_argument(
@@ -171,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     """Check every input and output path, then compute, save and plot the importance report."""
     import jax
 
-    from .._batching import default_cache_dir, enable_compile_cache, round_to_devices
+    from .._attribute import batch_size_for
+    from .._batching import default_cache_dir, enable_compile_cache
     from .._importance import ImportancePlan, compute_importance
     from .._methods import AttributionOptions
     from .._progress import Progress
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
                 "labels": str(args.labels) if args.labels else None,
             },
         ).check(model)
-        batch_size = round_to_devices(args.batch_size, jax.device_count())
+        batch_size = batch_size_for(args.batch_size, reader.n_samples)  # no bigger than the data needs
         stop, received = threading.Event(), []
         progress = Progress(
             total=reader.n_samples, initial=0, devices=jax.device_count(), enabled=not args.quiet, task="importance"
@@ -295,22 +296,35 @@ def _check_outputs(args: argparse.Namespace) -> None:
         paths += figure_files(args.plot)
     for path in paths:
         require_new_file(path, args.force)
+    inputs = {"MODEL": args.model, "DATA": args.data, "--labels": args.labels}
+    for flag in ("baseline", "eval_baseline", "feature_names", "wavelengths", "class_names"):
+        value = getattr(args, flag, None)
+        if isinstance(value, str | Path) and value not in ("zeros", "mean"):
+            inputs[f"--{flag.replace('_', '-')}"] = Path(value)
+    for path in paths:
+        refuse_writing_over_inputs({"-o" if path == args.out else "--plot": path}, inputs)
     if not paths:
         _note(args, "nothing will be saved: pass -o importance.json and/or --plot importance.png")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}; got {text!r}")
+    return value
 
 
 def _baseline(text: str, flag: str):
     if text in ("zeros", "mean"):
         return text
-    import numpy as np
 
     path = Path(text)
     if not path.is_file():
         raise JaxjacError(f"{flag} {text}: expected 'zeros', 'mean' or a .npy file of one sample; no such file")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise JaxjacError(f"{flag} {text}: expected a .npy array of one sample's shape; {error}") from None
+    return load_npy(path, flag, "one sample's values")
 
 
 def _lines(path: Path, flag: str) -> list[str]:
@@ -328,7 +342,7 @@ def _numbers(path: Path) -> list[float]:
 
     try:
         if path.suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
+            values = load_npy(path, "--wavelengths", "numbers, one per feature")
         else:
             values = np.array(path.read_text().replace(",", " ").split(), dtype=float)
     except (OSError, ValueError, UnicodeDecodeError) as error:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .._errors import JaxjacError
-from ._common import print_note, sha256_of
+from ._common import load_npy, print_note, refuse_writing_over_inputs, sha256_of
 
 DESCRIPTION = """\
 Compute the input Jacobian of every sample of a dataset with a converted model
@@ -88,10 +88,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--key", help="the dataset inside an .h5 or .zarr group")
     p.add_argument("--cube", action="store_true", help="DATA is a hyperspectral cube (H, W, bands): one sample a pixel")
     what = p.add_argument_group("what to differentiate")
+    what.add_argument("--target", type=_target, metavar="all|predicted|INT", help="output rows (default all)")
     what.add_argument(
-        "--target", type=_target, default="all", metavar="all|predicted|INT", help="output rows (default all)"
+        "--labels",
+        type=Path,
+        metavar="y.npy",
+        help="differentiate each sample's true label (N ints); not with --target",
     )
-    what.add_argument("--labels", type=Path, metavar="y.npy", help="differentiate each sample's true label (N ints)")
     what.add_argument("--output", choices=("logits", "probs", "log-probs"), default="logits", help="default logits")
     how = p.add_argument_group("how")
     how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="output dtype (default float32)")
@@ -193,12 +196,17 @@ def _prepare(args: argparse.Namespace) -> _Job:
         required_bytes,
     )
     from .._jacobian import batch_jacobian_core
-    from .._resume import check_fingerprint, read_progress, sidecar_path
+    from .._resume import check_fingerprint, data_digest, read_progress, sidecar_path
     from .._run import check_labels, output_shape
 
+    if args.labels is not None and args.target is not None:
+        raise JaxjacError(f"--labels and --target {args.target} both choose the class to differentiate; give one")
+    if args.out.suffix not in (".npy", ".zarr") or args.out.name in (".npy", ".zarr"):
+        raise JaxjacError(f"-o {str(args.out)!r}: expected an output path ending in .npy or .zarr")
+    refuse_writing_over_inputs({"-o": args.out}, {"MODEL": args.model, "DATA": args.data, "--labels": args.labels})
     job = _Job()
     job.model = model = _load_model(args.model)
-    job.target = args.target
+    job.target = "all" if args.target is None else args.target
     job.output = args.output.replace("-", "_")
     job.dtype = args.dtype or "float32"
     reader = open_reader(
@@ -231,6 +239,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
         "data": str(Path(args.data).resolve()),
         "data_shape": [n, *reader.sample_shape],
         "data_dtype": str(reader.source_dtype),
+        "data_rows_sha256": data_digest(reader),
         "key": args.key,
         "cube": args.cube,
         "target": job.target,
@@ -440,12 +449,7 @@ def _load_model(path: Path, *, flax_module: bool = False):
 
 
 def _read_labels(path: Path):
-    import numpy as np
-
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        raise JaxjacError(f"--labels {path}: expected a .npy array of integer labels; {error}") from error
+    return load_npy(path, "--labels", "integer labels (N,)", mmap=True)
 
 
 def _exists(path: Path) -> bool:
@@ -471,6 +475,10 @@ def _choose_batch_size(args: argparse.Namespace, job: _Job, n: int) -> int:
         )
         _note(args, f"--batch-size auto chose {size}")
         return size
+    all_rows = round_to_devices(max(n, 1), jax.device_count())
+    if requested > all_rows:  # a bigger batch would only compute padding
+        _note(args, f"batch size {requested} cut to {all_rows}: DATA has {n} rows")
+        return all_rows
     size = round_to_devices(requested, jax.device_count())
     if size != requested:
         _note(args, f"batch size {requested} rounded up to {size}, a multiple of the {jax.device_count()} devices")
@@ -483,7 +491,8 @@ def _resume_command(args: argparse.Namespace, batch_size: int) -> str:
         words += ["--key", args.key]
     if args.cube:
         words.append("--cube")
-    words += ["--target", str(args.target)]
+    if args.target is not None:
+        words += ["--target", str(args.target)]
     if args.labels:
         words += ["--labels", str(args.labels)]
     words += ["--output", args.output, "--method", args.method, "--precision", args.precision]

@@ -1,0 +1,215 @@
+"""Hostile and mistaken command lines: inputs are never destroyed, damage is caught, and every refusal is one line.
+
+Each case runs the real command (`jaxjac.cli.main`) on real files and checks
+the exit code, the single `jaxjac: error:` line and that no input changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli_jacobian import one_error_line
+from test_run import make_data
+
+import jaxjac
+from jaxjac.cli import main
+
+
+def _digest(path) -> str:
+    if path.is_dir():
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("victim", ["DATA", "MODEL", "LABELS", "DATA-hardlink"])
+def test_jacobian_never_writes_over_its_inputs(artifact, tmp_path, capsys, cache, victim):
+    x = tmp_path / "X.npy"
+    make_data(x, 6)
+    np.save(tmp_path / "y.npy", np.arange(6) % 3)
+    model = tmp_path / "net.npy"  # any name: an artifact is known by its contents
+    shutil.copy(artifact, model)
+    out = {"DATA": x, "MODEL": model, "LABELS": tmp_path / "y.npy", "DATA-hardlink": tmp_path / "link.npy"}[victim]
+    if victim == "DATA-hardlink":
+        out.hardlink_to(x)
+    before = {p: _digest(p) for p in (x, model, tmp_path / "y.npy")}
+    argv = ["jacobian", str(model), str(x), "-o", str(out), "--force", *cache]
+    if victim == "LABELS":
+        argv += ["--labels", str(tmp_path / "y.npy")]
+    assert main(argv) == 2
+    assert re.search(r"-o .* would overwrite the input (DATA|MODEL|--labels) ", one_error_line(capsys.readouterr().err))
+    assert {p: _digest(p) for p in before} == before
+
+
+def test_convert_and_importance_never_write_over_their_inputs(artifact, tmp_path, capsys):
+    x = tmp_path / "X.npy"
+    make_data(x, 6)
+    before = {x: _digest(x)}
+    assert main(["importance", artifact, str(x), "-o", str(x), "--force", "--quiet"]) == 2
+    assert "would overwrite the input DATA" in one_error_line(capsys.readouterr().err)
+    assert main(["importance", artifact, str(x), "-o", artifact, "--force", "--quiet"]) == 2
+    assert "would overwrite the input MODEL" in one_error_line(capsys.readouterr().err)
+    checkpoint = tmp_path / "net.pt"
+    checkpoint.write_bytes(b"\x00" * 64)
+    before[checkpoint] = _digest(checkpoint)
+    assert main(["convert", str(checkpoint), "-o", str(checkpoint), "--force"]) == 2
+    assert "would overwrite the input CHECKPOINT" in one_error_line(capsys.readouterr().err)
+    assert {p: _digest(p) for p in before} == before
+
+
+def test_force_does_not_delete_a_folder_that_is_not_an_output(artifact, tmp_path, capsys, cache):
+    make_data(tmp_path / "X.npy", 6)
+    folder = tmp_path / "J.zarr"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(folder), "--force", *cache]
+    assert main(argv) == 2
+    assert "is an existing folder that is not a zarr array" in one_error_line(capsys.readouterr().err)
+    assert (folder / "thesis.tex").read_text() == "years of work"
+    # An earlier zarr output is replaced.
+    (folder / "thesis.tex").unlink()
+    folder.rmdir()
+    assert main(argv[:-3] + ["--quiet", *cache]) == 0
+    assert main([*argv, "--quiet"]) == 0
+    assert (folder / "zarr.json").exists()
+
+
+@pytest.mark.parametrize("out", [".", "", "/", "J", "J.txt", ".npy"])
+def test_output_names_must_be_npy_or_zarr_files(artifact, tmp_path, capsys, cache, out):
+    make_data(tmp_path / "X.npy", 4)
+    assert main(["jacobian", artifact, str(tmp_path / "X.npy"), "-o", out, "--force", *cache]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("flip-weight-bit", r"is damaged: its contents do not match the checksum"),
+        ("edit-graph", r"is damaged: its contents do not match the checksum"),
+        ("append-bytes", r"is damaged: its tensors cannot be read"),
+        ("bad-offsets", r"is damaged|is truncated"),
+    ],
+)
+def test_a_damaged_artifact_is_refused(artifact, tmp_path, capsys, cache, damage, message):
+    data = bytearray(Path(artifact).read_bytes())
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    if damage == "flip-weight-bit":
+        data[8 + header_len + 100] ^= 0x10
+    elif damage == "edit-graph":
+        text = data[8 : 8 + header_len].decode()
+        edited = text.replace('\\"stride\\": [1]', '\\"stride\\": [2]', 1)
+        if edited == text:  # any edit that keeps the JSON valid will do
+            edited = text.replace("sample_shape", "sample_shapE", 1)
+        assert edited != text and len(edited) == len(text)
+        data[8 : 8 + header_len] = edited.encode()
+    elif damage == "append-bytes":
+        data += b"\x00" * 8
+    elif damage == "bad-offsets":
+        name = next(k for k in header if k != "__metadata__")
+        text = data[8 : 8 + header_len].decode()
+        offsets = json.dumps(header[name]["data_offsets"]).replace(" ", "")
+        assert offsets in text
+        start, end = header[name]["data_offsets"]
+        data[8 : 8 + header_len] = text.replace(offsets, json.dumps([end, start]).replace(" ", ""), 1).encode()
+    broken = tmp_path / "broken.jaxjac"
+    broken.write_bytes(bytes(data))
+    make_data(tmp_path / "X.npy", 4)
+    assert main(["jacobian", str(broken), str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), *cache]) == 2
+    assert re.search(message, one_error_line(capsys.readouterr().err))
+    assert not (tmp_path / "J.npy").exists() and not (tmp_path / "J.npy.partial").exists()
+    with pytest.raises(jaxjac.JaxjacError, match=message):
+        jaxjac.load(broken)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("completed_rows", -5), ("completed_rows", "many"), ("batch_size", 0), ("batch_size", None)],
+)
+def test_a_tampered_progress_file_is_refused(tmp_path, field, value):
+    from jaxjac._resume import read_progress, write_progress
+
+    path = tmp_path / "J.npy.progress.json"
+    write_progress(path, fingerprint={}, completed_rows=8, batch_size=8)
+    state = json.loads(path.read_text())
+    state[field] = value
+    path.write_text(json.dumps(state))
+    with pytest.raises(jaxjac.JaxjacError, match=rf"expected `{field}` to be an integer"):
+        read_progress(path)
+
+
+def test_rows_that_compute_to_nan_from_finite_inputs_are_reported(tmp_path, capsys, cache):
+    import torch
+
+    class Log(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x).sum(-1)
+
+    x = np.abs(np.random.default_rng(0).standard_normal((6, 1, 5))).astype(np.float32) + 0.5
+    x[[1, 4], 0, 2] = 0.0  # log(0) = -inf: a finite input with an infinite output
+    model = jaxjac.convert(Log().eval(), x[:2])
+    jaxjac.save(model, tmp_path / "log.jaxjac")
+    np.save(tmp_path / "X.npy", x)
+    argv = ["jacobian", str(tmp_path / "log.jaxjac"), str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy")]
+    assert main([*argv, "--json", *cache]) == 0
+    captured = capsys.readouterr()
+    assert "2 rows with finite inputs have NaN/Inf results (rows 1, 4)" in captured.err
+    summary = json.loads(captured.out)
+    assert (summary["nonfinite_output_rows"], summary["nonfinite_output_first"]) == (2, [1, 4])
+
+
+def test_labels_and_an_explicit_target_are_refused_together(artifact, tmp_path, capsys, cache):
+    make_data(tmp_path / "X.npy", 6)
+    np.save(tmp_path / "y.npy", np.arange(6) % 3)
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "S.npy")]
+    assert main([*argv, "--labels", str(tmp_path / "y.npy"), "--target", "0", *cache]) == 2
+    assert "--labels and --target 0 both choose the class" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_batch_larger_than_the_data_is_cut(artifact, tmp_path, capsys, cache):
+    make_data(tmp_path / "X.npy", 5)
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), "--json"]
+    assert main([*argv, "--batch-size", "100000000", *cache]) == 0
+    captured = capsys.readouterr()
+    assert "batch size 100000000 cut to 5: DATA has 5 rows" in captured.err
+    assert json.loads(captured.out)["batch_size"] == 5
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: p.write_bytes(b""),
+            r"--labels .*: expected integer labels \(N,\) in a \.npy file; found an empty file",
+        ),
+        (
+            lambda p: p.write_text("0,1,2\n"),
+            r"--labels .*: expected .* in a \.npy file; found a file that is not \.npy",
+        ),
+        (
+            lambda p: np.save(p, np.array(["a", "b"])),
+            r"--labels .*: expected integer labels \(N,\); found an array of dtype",
+        ),
+    ],
+)
+def test_unreadable_labels_are_one_line(artifact, tmp_path, capsys, cache, make, message):
+    make_data(tmp_path / "X.npy", 2)
+    make(tmp_path / "y.npy")
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "S.npy")]
+    assert main([*argv, "--labels", str(tmp_path / "y.npy"), *cache]) == 2
+    assert re.search(message, one_error_line(capsys.readouterr().err))
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["jacobian", "net.jaxjac", "X.npy", "-o", "J.npy", "--batch-size", "abc"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert re.match(r"jaxjac jacobian: error: argument --batch-size: .*'abc' \(see `jaxjac jacobian --help`\)", err)
