@@ -237,7 +237,7 @@ def _missing_chunks(arr, where: str) -> list[str]:
         return []
     return [
         f"{where}: {expected - stored} of its {expected} chunks are not stored and read as the fill value "
-        f"{arr.fill_value!r}; zarr leaves out chunks that hold only that value, but so does an unfinished copy"
+        f"{arr.fill_value}; zarr leaves out chunks that hold only that value, but so does an unfinished copy"
     ]
 
 

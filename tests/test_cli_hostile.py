@@ -213,3 +213,17 @@ def test_usage_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err
     assert re.match(r"jaxjac jacobian: error: argument --batch-size: .*'abc' \(see `jaxjac jacobian --help`\)", err)
+
+
+def test_a_zarr_input_with_chunks_missing_is_noted(artifact, tmp_path, capsys, cache):
+    import shutil as sh
+
+    import zarr
+
+    x = make_data(tmp_path / "X.npy", 40)
+    z = zarr.create_array(str(tmp_path / "X.zarr"), shape=x.shape, chunks=(10, *x.shape[1:]), dtype=x.dtype)
+    z[:] = x
+    sh.rmtree(tmp_path / "X.zarr" / "c" / "2")  # as an unfinished copy would leave it
+    argv = ["jacobian", artifact, str(tmp_path / "X.zarr"), "-o", str(tmp_path / "J.npy"), *cache]
+    assert main(argv) == 0
+    assert "1 of its 4 chunks are not stored and read as the fill value 0.0" in capsys.readouterr().err

@@ -477,7 +477,8 @@ def _choose_batch_size(args: argparse.Namespace, job: _Job, n: int) -> int:
         return size
     all_rows = round_to_devices(max(n, 1), jax.device_count())
     if requested > all_rows:  # a bigger batch would only compute padding
-        _note(args, f"batch size {requested} cut to {all_rows}: DATA has {n} rows")
+        if args.batch_size is not None:
+            _note(args, f"batch size {requested} cut to {all_rows}: DATA has {n} rows")
         return all_rows
     size = round_to_devices(requested, jax.device_count())
     if size != requested:
