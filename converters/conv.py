@@ -82,7 +82,8 @@ def convolution(
             # XLA's own convolution elsewhere: the tiled form was chosen by timings on CPU only.
             y = lax.platform_dependent(x, weight, cpu=tiled, default=xla)
     if bias is not None:
-        y = y + (bias if channels_last else bias.reshape((1, -1) + (1,) * n_spatial))
+        # Explicit ranks: a user may run JAX with jax_numpy_rank_promotion="raise".
+        y = y + bias.reshape((1,) * (n_spatial + 1) + (-1,) if channels_last else (1, -1) + (1,) * n_spatial)
     return y
 
 

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from ._batching import round_to_devices
+from ._arrays import ArrayWriter, array_reader, as_target, batch_labels, batch_size_for, check_samples
 from ._errors import JaxjacError
+from ._graph_model import check_dtype_enabled
 from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
-from ._readers import Reader
 from ._run import check_labels, run_stream
-from ._sources import ArraySource
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -29,7 +28,7 @@ def attribution_fn(
     model: ConvertedModel,
     method: str = "gradient",
     *,
-    target: str | int = "predicted",
+    target: Any = "predicted",
     output: str = "logits",
     baseline: Any = "zeros",
     steps: int = 32,
@@ -43,46 +42,52 @@ def attribution_fn(
     """A jitted function from a batch to its per-sample attributions.
 
     **Arguments:** as for `attribute`; `baseline` must be ``"zeros"`` or an
-    array here (there is no dataset to average).
+    array here (there is no dataset to average). An array `target` is a
+    default for each batch's labels, as with target ``"label"``.
 
     **Returns:** `fn(x, labels=None, rows=None)` mapping a batch `x`
     `(B, *sample_shape)` to `(B, *sample_shape)` (or `(B, K, *sample_shape)`
     for ``target="all"``). `labels` `(B,)` is required for ``target="label"``;
     `rows` `(B,)` are the rows' indices in your dataset, which seed the
-    SmoothGrad noise (default `0..B-1`). `fn` is pure and jittable.
+    SmoothGrad noise (default `0..B-1`). `fn` is pure and jittable; it reads
+    the model's tensors at each call, so a fine-tuned model is seen at once.
 
     >>> fn = jaxjac.attribution_fn(model, "integrated-gradients", steps=64)  # doctest: +SKIP
     >>> fn(X[:256]).shape                                                    # doctest: +SKIP
     (256, 1, 224)
     """
+    target, default_labels = split_target(as_target(target), None)
     options = check_options(
         model,
         AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision),
     )
-    core, tensors = attribution_core(model, options)
+    core, _ = attribution_core(model, options)
     start = resolve_baseline(model, baseline)
     run = _jit(core)
-    sample_shape = model.sample_shape
 
-    def attribution_of_batch(x: jax.Array, labels: jax.Array | None = None, rows: jax.Array | None = None):
-        if tuple(x.shape[1:]) != sample_shape:
-            raise JaxjacError(
-                f"input batch has samples of shape {tuple(x.shape[1:])}; the model expects {sample_shape}"
-            )
+    def attribution_of_batch(x: Any, labels: Any = None, rows: Any = None):
+        check_dtype_enabled(model.spec)
+        x = check_samples(x, model.sample_shape, "input batch")
         if options.target == "label":
-            if labels is None or tuple(labels.shape) != (x.shape[0],):
-                got = "none" if labels is None else f"shape {tuple(labels.shape)}"
-                raise JaxjacError(f"target 'label' needs labels of shape ({x.shape[0]},), one per sample; got {got}")
-            try:
-                concrete = np.asarray(labels)
-            except jax.errors.TracerArrayConversionError:  # under a jit: the values are unknown here
-                concrete = None
-            if concrete is not None:
-                check_labels(concrete, x.shape[0], model.n_outputs)
+            labels = default_labels if labels is None else labels
+            if labels is None:
+                raise JaxjacError(f"target 'label' needs labels of shape ({x.shape[0]},), one per sample; got none")
+            labels = batch_labels(labels, x.shape[0], model.n_outputs)
+        elif labels is not None:
+            raise JaxjacError(f"labels are used only with target 'label'; this function's target is {target!r}")
         rows = np.arange(x.shape[0], dtype=np.int32) if rows is None else rows
-        return run(tensors, x, labels, rows, start)
+        return run(model.tensors(), x, labels, rows, start)
 
     return attribution_of_batch
+
+
+def split_target(target: Any, labels: Any) -> tuple[Any, Any]:
+    """`(target, labels)` with an array target taken as the labels (target ``"label"``)."""
+    if isinstance(target, np.ndarray | jax.Array):
+        if labels is not None:
+            raise JaxjacError("give the labels once: as target=labels or as labels=, not both")
+        return "label", target
+    return target, labels
 
 
 @functools.lru_cache(maxsize=64)
@@ -136,11 +141,12 @@ def attribute(
     >>> scores = jaxjac.attribute(model, X, "smoothgrad", target="predicted")  # doctest: +SKIP
     """
     reader = array_reader(model, x)
+    target, labels = split_target(as_target(target), labels)
     if labels is not None:
-        labels = check_labels(labels, reader.n_samples, model.n_outputs)
+        labels = check_labels(np.asarray(as_target(labels)), reader.n_samples, model.n_outputs)
     if target is None:
         target = "label" if labels is not None else "predicted"
-    elif target == "label" and labels is None:
+    elif isinstance(target, str) and target == "label" and labels is None:
         raise JaxjacError("target 'label' needs labels: pass labels=y, one per sample")
     options = check_options(
         model,
@@ -166,51 +172,25 @@ def stream_attributions(
 ):
     """Stream the attributions of every row of `reader` into `writer` (see `run_stream`)."""
     core, tensors = attribution_core(model, options)
+    consts = {"params": tensors, "baseline": baseline}
+    used = _used_labels(options, labels)
+    program = _attribution_program(core)
+    return run_stream(model, reader, writer, program, consts, labels=used, batch_size=batch_size, **run_options)
 
+
+@functools.lru_cache(maxsize=64)
+def _attribution_program(core: Callable) -> Callable:
+    # One function object per core, so that the engine can reuse its compilation.
     def program(consts, x, batch_labels, rows):
         return core(consts["params"], x, batch_labels, rows, consts["baseline"])
 
-    consts = {"params": tensors, "baseline": baseline}
-    used = _used_labels(options, labels)
-    return run_stream(model, reader, writer, program, consts, labels=used, batch_size=batch_size, **run_options)
+    return program
 
 
 def _used_labels(options: AttributionOptions, labels: np.ndarray | None) -> np.ndarray | None:
     if options.target == "label" and labels is None:
         raise JaxjacError("target 'label' needs labels, one per sample")
     return labels if options.target == "label" else None
-
-
-def batch_size_for(batch_size: int, n: int) -> int:
-    """`batch_size`, no larger than the data needs, rounded up to a multiple of the device count."""
-    if batch_size < 1:
-        raise JaxjacError(f"batch_size must be a positive integer; got {batch_size}")
-    return round_to_devices(min(batch_size, max(n, 1)), jax.device_count())
-
-
-def array_reader(model: ConvertedModel, x: Any) -> Reader:
-    """A `Reader` over an in-memory (or memory-mapped) array of samples `(N, *sample_shape)`."""
-    if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
-        x = np.asarray(x)
-    if len(x.shape) < 1 or tuple(x.shape[1:]) != model.sample_shape:
-        raise JaxjacError(f"input has samples of shape {tuple(x.shape[1:])}; the model expects {model.sample_shape}")
-    if not np.issubdtype(np.dtype(x.dtype), np.number) or np.issubdtype(np.dtype(x.dtype), np.complexfloating):
-        raise JaxjacError(f"input must hold real numbers; got dtype {x.dtype}")
-    source = ArraySource(x)
-    return Reader("<array>", source, sample_shape=model.sample_shape, dtype=model.dtype, cube=False, notes=[])
-
-
-class ArrayWriter:
-    """An in-memory sink for `run_stream`'s row programs."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
-        self.array = np.empty(shape, dtype)
-
-    def write(self, start: int, rows: np.ndarray) -> None:
-        self.array[start : start + rows.shape[0]] = rows
-
-    def flush(self) -> None:
-        pass
 
 
 def feature_mean(reader: Any, chunk: int = 65536) -> np.ndarray:

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from ._errors import JaxjacError
-from ._jacobian import batch_jacobian_core
+from ._formulations import batch_jacobian_core
+from ._interpret import with_default_numpy_rules
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -67,7 +68,7 @@ def auto_batch_size(
     def fn(t, x, lab):
         return core(t, x, lab)
 
-    stats = jax.jit(fn).lower(tensors, x, lab).compile().memory_analysis()
+    stats = jax.jit(with_default_numpy_rules(fn)).lower(tensors, x, lab).compile().memory_analysis()
     tensor_bytes = sum(np.asarray(v).nbytes for v in tensors.values())
     out_bytes = stats.output_size_in_bytes if stats else 0
     per_sample = max((stats.temp_size_in_bytes + stats.argument_size_in_bytes - tensor_bytes) if stats else 0, 0)

@@ -26,7 +26,8 @@ _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _sample_batch(example_input: Any) -> torch.Tensor:
-    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
+    # A copy: a JAX array's (or a read-only memmap's) buffer is not writable, and torch warns about sharing it.
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.array(example_input))
     if x.ndim < 1 or x.shape[0] < 1:
         raise JaxjacError(f"example_input must be a batch (N, *sample_shape) with N >= 1; got shape {tuple(x.shape)}")
     return x[:1].detach()
@@ -42,8 +43,9 @@ def default_probes(example_input: Any, n_probes: int, seed: int = 0) -> np.ndarr
     zeros, one constant row) says nothing about the data, and the probes are
     standard normal instead.
     """
-    x = example_input.detach().cpu().numpy() if isinstance(example_input, torch.Tensor) else example_input
-    x = np.asarray(x, np.float64)
+    if isinstance(example_input, torch.Tensor):  # bfloat16 has no numpy dtype: widen in torch first
+        example_input = example_input.detach().cpu().to(torch.float64).numpy()
+    x = np.asarray(example_input, np.float64)
     rng = np.random.default_rng(seed)
     if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
         return rng.standard_normal((n_probes, *x.shape[1:]))

@@ -26,6 +26,7 @@ from ._errors import JaxjacError
 from ._graph import Graph
 from ._graph_model import ModelSpec
 from ._graph_model import batched_forward as _batched_forward
+from ._interpret import with_default_numpy_rules
 from ._model import ConvertedModel
 
 # A rank correlation below 0.5 means the trained ranking explains less than a
@@ -220,6 +221,7 @@ def _predict_fn(graph: Graph, spec: ModelSpec) -> Callable[..., jax.Array]:
     # One jitted function per model structure, like `_batched_forward`.
     forward = _batched_forward(graph, spec)
 
+    @with_default_numpy_rules
     def predict(tensors: dict[str, jax.Array], x: jax.Array, baseline: jax.Array, masks: jax.Array) -> jax.Array:
         # The imputed inputs are built on the device: (M, B, F) never exists on the host.
         inputs = jnp.where(masks[:, None, :], x[None], baseline[None, None])

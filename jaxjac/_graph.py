@@ -70,6 +70,16 @@ class Graph:
     outputs: tuple[Ref, ...]
     tensors: tuple[str, ...]
 
+    def __hash__(self) -> int:
+        # Kept: compiled functions are cached by graph, and hashing every node
+        # on every call would cost more than an eager forward of a small model.
+        try:
+            return self.__dict__["_hash"]
+        except KeyError:
+            value = hash((self.input_name, self.nodes, self.outputs, self.tensors))
+            object.__setattr__(self, "_hash", value)
+            return value
+
     def ops(self) -> set[str]:
         """The set of ATen op names the graph calls."""
         return {node.op for node in self.nodes}

@@ -13,17 +13,28 @@ import functools
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._errors import JaxjacError
 from ._graph import Graph
-from ._interpret import check_supported, complex_dtype, run_graph
+from ._interpret import check_supported, complex_dtype, run_graph, with_default_numpy_rules
 
 SampleFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
+
+# jaxjac's names for the matmul/conv precisions JAX offers. "float32" is true
+# float32; "tf32" and "bfloat16" trade accuracy for speed on GPUs and TPUs;
+# "default" leaves XLA's choice (TF32 on recent NVIDIA GPUs).
+PRECISIONS: dict[str, str | None] = {
+    "float32": "highest",
+    "tf32": "tensorfloat32",
+    "bfloat16": "bfloat16",
+    "default": None,
+}
 
 
 @dataclass(frozen=True)
@@ -32,13 +43,15 @@ class ModelSpec:
 
     `sample_shape` is the shape of one input sample and `output_shape` the
     shape of one sample's output (usually `(n_classes,)`). `metadata_json`
-    holds conversion metadata as JSON text, so that the spec stays hashable.
+    holds conversion metadata as JSON text, so that the spec stays hashable;
+    it takes no part in equality, so that two models of one structure share
+    their compiled programs whatever their conversion reports say.
     """
 
     sample_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     dtype: str
-    metadata_json: str = "{}"
+    metadata_json: str = field(default="{}", compare=False)
 
 
 class ModelInterface:
@@ -79,14 +92,18 @@ class ModelInterface:
         """Conversion metadata: source, versions, the conversion check report."""
         return json.loads(self.spec.metadata_json)
 
-    def sample_fn(self) -> tuple[SampleFn, dict[str, jax.Array]]:
+    def sample_fn(self, precision: str = "float32") -> tuple[SampleFn, dict[str, jax.Array]]:
         """A pure per-sample forward and the tensors it takes.
+
+        **Arguments:** `precision`: matmul and convolution precision, as for
+        `jaxjac.jacobian_fn` (default true float32, as torch computes).
 
         **Returns:** `(fn, tensors)`, where `fn(tensors, x)` maps one sample
         `x` of shape `sample_shape` to its output of shape `output_shape`.
-        `fn` is pure and can be jitted, vmapped and differentiated.
+        `fn` is pure and can be jitted, vmapped and differentiated. `tensors`
+        is a snapshot: read it again after changing the model's weights.
         """
-        return sample_fn(self.graph, self.spec), self.tensors()
+        return with_precision(sample_fn(self.graph, self.spec), check_precision(precision)), self.tensors()
 
 
 class GraphModel(ModelInterface):
@@ -120,12 +137,53 @@ def tensor_dtype(dtype: np.dtype, float_dtype: np.dtype) -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of `PRECISIONS`, else a `JaxjacError` that lists them."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise JaxjacError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
+
+@functools.lru_cache(maxsize=64)
+def with_precision(fn: SampleFn, precision: str) -> SampleFn:
+    """`fn` tracing its matmuls and convolutions at jaxjac precision `precision`."""
+
+    def at_precision(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        with jax.default_matmul_precision(PRECISIONS[precision]):
+            return fn(tensors, x)
+
+    return at_precision
+
+
+def check_dtype_enabled(spec: ModelSpec) -> None:
+    """Refuse to trace a float64 model while 64-bit JAX is off.
+
+    JAX would quietly compute in float32 (or fail deep inside a lowering
+    on a dtype mismatch); a model converted or loaded under `jax.enable_x64`
+    must also be used under it.
+    """
+    if jnp.dtype(spec.dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise JaxjacError(
+            "this model computes in float64 but 64-bit JAX is off here: call "
+            "jax.config.update('jax_enable_x64', True) at start-up, or use the model inside "
+            "`with jax.enable_x64(True):`, or convert it with dtype='float32'"
+        )
+
+
 @functools.lru_cache(maxsize=64)
 def sample_fn(graph: Graph, spec: ModelSpec) -> SampleFn:
     """The pure per-sample forward of a model structure: `fn(tensors, x)`, `x` of `spec.sample_shape`."""
     float_dtype = jnp.dtype(spec.dtype)
 
     def fn(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        # Runs as the caller traces, so that every path (jacobian, attribute,
+        # forward, a user's own jit) meets these checks before XLA does.
+        check_dtype_enabled(spec)
+        if tuple(jnp.shape(x)) != spec.sample_shape:
+            raise JaxjacError(
+                f"a sample has shape {tuple(jnp.shape(x))}; the model expects {spec.sample_shape} "
+                "(fn takes one sample: vmap it over a batch)"
+            )
         x = jnp.asarray(x, float_dtype).reshape((1, *spec.sample_shape))
         (y,) = run_graph(graph, tensors, x, float_dtype)
         return y.reshape(spec.output_shape)
@@ -140,6 +198,7 @@ def batched_forward(graph: Graph, spec: ModelSpec) -> Callable[[dict[str, jax.Ar
     # that structure: eager op-by-op interpretation would be slow.
     batched = jax.vmap(sample_fn(graph, spec), in_axes=(None, 0))
 
+    @with_default_numpy_rules
     def forward(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
         # True float32 products, as torch computes them (JAX's GPU default is TF32).
         with jax.default_matmul_precision("highest"):

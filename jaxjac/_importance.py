@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._attribute import ArrayWriter, array_reader, batch_size_for, feature_mean, stream_attributions
+from ._arrays import ArrayWriter, array_reader, as_target, batch_size_for, positive_int
+from ._attribute import feature_mean, split_target, stream_attributions
 from ._durable import replace_atomically
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_shape, check_options, resolve_baseline
@@ -145,8 +146,9 @@ def importance(
     [148, 32, 70, 188, 105]
     """
     reader = array_reader(model, x)
+    target, labels = split_target(as_target(target), labels)
     if labels is not None:
-        labels = check_labels(labels, reader.n_samples, model.n_outputs)
+        labels = check_labels(np.asarray(as_target(labels)), reader.n_samples, model.n_outputs)
     target = _default_target(target, labels)
     options = AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision)
     plan = ImportancePlan(
@@ -173,7 +175,7 @@ def importance(
 def _default_target(target: str | int | None, labels: np.ndarray | None) -> str | int:
     if target is None:
         return "label" if labels is not None else "predicted"
-    if target == "label" and labels is None:
+    if isinstance(target, str) and target == "label" and labels is None:
         raise JaxjacError("target 'label' needs labels, one per sample (--labels y.npy)")
     return target
 
@@ -205,14 +207,18 @@ class ImportancePlan:
         self.options = check_options(model, self.options)
         if self.score not in STATISTICS:
             raise JaxjacError(f"score must be one of {', '.join(STATISTICS)}; got {self.score!r}")
-        if self.top_k < 1:
-            raise JaxjacError(f"top-k must be a positive integer; got {self.top_k}")
-        if self.bootstrap < 0:
-            raise JaxjacError(f"bootstrap must be 0 (off) or a number of replicates; got {self.bootstrap}")
-        if not 0 < self.level < 1:
-            raise JaxjacError(f"level must be between 0 and 1; got {self.level}")
-        if self.eval_samples < 1 or self.n_random < 1:
-            raise JaxjacError("eval_samples and n_random must be positive integers")
+        # More features asked for than there are: all of them, ranked (the report says k).
+        self.top_k = min(positive_int(self.top_k, "top-k"), n_features)
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int | np.integer) or self.bootstrap < 0:
+            raise JaxjacError(f"bootstrap must be 0 (off) or a number of replicates; got {self.bootstrap!r}")
+        if (
+            isinstance(self.level, bool)
+            or not isinstance(self.level, int | float | np.number)
+            or not 0 < self.level < 1
+        ):
+            raise JaxjacError(f"level must be between 0 and 1; got {self.level!r}")
+        self.eval_samples = positive_int(self.eval_samples, "eval_samples")
+        self.n_random = positive_int(self.n_random, "n_random")
         if self.feature_names is not None and self.wavelengths is not None:
             raise JaxjacError("give feature names or wavelengths, not both")
         for name, values in (("feature names", self.feature_names), ("wavelengths", self.wavelengths)):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -68,6 +70,30 @@ def resolve_dtype(name: str) -> jnp.dtype:
     raise ValueError(f"torch dtype {name!r} is not supported by jaxjac")
 
 
+@contextlib.contextmanager
+def default_numpy_rules() -> Iterator[None]:
+    """JAX's default broadcasting and dtype promotion, for the block, whatever the caller set.
+
+    The lowerings follow torch's rules, which broadcast across ranks and
+    promote dtypes as JAX's "standard" mode does; a user's stricter settings
+    (rank promotion "raise", dtype promotion "strict") are for their own
+    code, and would otherwise fail inside ours.
+    """
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def with_default_numpy_rules(fn: Callable) -> Callable:
+    """`fn` traced under `default_numpy_rules`: for every program jaxjac builds."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with default_numpy_rules():
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def run_graph(
     graph: Graph,
     tensors: Mapping[str, jax.Array],
@@ -104,17 +130,18 @@ def run_graph(
             return tuple(value(a) for a in arg)
         return arg
 
-    for node in graph.nodes:
-        fn = operator.getitem if node.op == "getitem" else converters.lookup(node.op)
-        if fn is None:
-            raise UnsupportedOpError(node.op, node.where())
-        args = [value(a) for a in node.args]
-        kwargs = {k: value(v) for k, v in node.kwargs}
-        if layout == "channels-last" and fn is not operator.getitem:
-            env[node.name] = _call_channels_last(node.op, fn, args, kwargs)
-        else:
-            env[node.name] = fn(*args, **kwargs)
-    return tuple(to_logical(value(ref)) for ref in graph.outputs)
+    with default_numpy_rules():
+        for node in graph.nodes:
+            fn = operator.getitem if node.op == "getitem" else converters.lookup(node.op)
+            if fn is None:
+                raise UnsupportedOpError(node.op, node.where())
+            args = [value(a) for a in node.args]
+            kwargs = {k: value(v) for k, v in node.kwargs}
+            if layout == "channels-last" and fn is not operator.getitem:
+                env[node.name] = _call_channels_last(node.op, fn, args, kwargs)
+            else:
+                env[node.name] = fn(*args, **kwargs)
+        return tuple(to_logical(value(ref)) for ref in graph.outputs)
 
 
 def _call_channels_last(op: str, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import JaxjacError
+from ._formulations import DEFAULT_METHOD, FORMULATIONS, nan_unless_valid, output_transform, validate_options
 from ._graph import Graph
-from ._graph_model import ModelSpec
+from ._graph_model import PRECISIONS, ModelSpec
 from ._graph_model import sample_fn as _sample_fn
-from ._jacobian import _FORMULATIONS, DEFAULT_METHOD, PRECISIONS, _output_transform, _validate
+from ._interpret import with_default_numpy_rules
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -88,7 +89,7 @@ class AttributionOptions:
 
 def check_options(model: ConvertedModel, options: AttributionOptions) -> AttributionOptions:
     """Validate `options` against `model`; returns them with names normalised."""
-    method = options.method.replace("_", "-")
+    method = options.method.replace("_", "-") if isinstance(options.method, str) else options.method
     if method not in ATTRIBUTION_METHODS:
         raise JaxjacError(f"method must be one of {', '.join(ATTRIBUTION_METHODS)}; got {options.method!r}")
     target = options.target
@@ -96,19 +97,31 @@ def check_options(model: ConvertedModel, options: AttributionOptions) -> Attribu
         raise JaxjacError(f"target must be 'predicted', 'label', 'all' or a class index; got {target!r}")
     if isinstance(target, bool) or not isinstance(target, str | int | np.integer):
         raise JaxjacError(f"target must be 'predicted', 'label', 'all' or a class index; got {target!r}")
+    if not isinstance(options.output, str):
+        raise JaxjacError(f"output must be one of 'logits', 'probs', 'log_probs'; got {options.output!r}")
     output = options.output.replace("-", "_")
-    # `_validate` checks output, formulation, precision and a class index against the model.
-    _validate(model, "all" if target in ("all", "label") else target, output, options.formulation, options.precision)
+    # `validate_options` checks output, formulation, precision and a class index against the model.
+    checked_target = "all" if target in ("all", "label") else target
+    validate_options(model, checked_target, output, options.formulation, options.precision)
     if options.rule not in RULES:
         raise JaxjacError(f"rule must be one of {', '.join(RULES)}; got {options.rule!r}")
     for name in ("steps", "samples"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise JaxjacError(f"{name} must be a positive integer; got {value!r}")
-    if not (options.noise >= 0 and np.isfinite(options.noise)):
-        raise JaxjacError(f"noise must be a non-negative fraction of each sample's range; got {options.noise}")
+    noise = options.noise
+    if isinstance(noise, bool) or not isinstance(noise, int | float | np.number) or not (0 <= noise < np.inf):
+        raise JaxjacError(f"noise must be a non-negative fraction of each sample's range; got {noise!r}")
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int | np.integer):
+        raise JaxjacError(f"seed must be an integer; got {options.seed!r}")
     target = int(target) if not isinstance(target, str) else target
-    changes = {"method": method, "output": output, "target": target, "steps": int(options.steps)}
+    changes = {
+        "method": method,
+        "output": output,
+        "target": target,
+        "steps": int(options.steps),
+        "seed": int(options.seed),
+    }
     return AttributionOptions(**{**options.__dict__, **changes, "samples": int(options.samples)})
 
 
@@ -184,7 +197,7 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
     callers that reduce per predicted class use them. `options` must have
     passed `check_options`.
     """
-    transform = _output_transform(options.output)
+    transform = output_transform(options.output)
     sample_fn = _sample_fn(graph, spec)
     dtype = jnp.dtype(spec.dtype)
 
@@ -192,7 +205,7 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
         return transform(sample_fn(params, x).reshape(-1))
 
     every = options.target == "all"
-    formulation = _FORMULATIONS[(every, options.formulation)](f)
+    formulation = FORMULATIONS[(every, options.formulation)](f)
 
     def gradient_rows(params, x, select):
         return formulation(params, x) if every else formulation(params, x, select)
@@ -201,11 +214,15 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
         # `values` (B, *S) times rows `g` (B, *S) or (B, K, *S) for target "all".
         return values[:, None] * g if every else values * g
 
+    @with_default_numpy_rules
     def core(params, x, labels, rows, baseline):
         x = jnp.asarray(x, dtype)
         with jax.default_matmul_precision(PRECISIONS[options.precision]):
             outputs = jax.vmap(f, in_axes=(None, 0))(params, x)
-            return attribution(params, x, labels, rows, baseline, outputs), outputs
+            result = attribution(params, x, labels, rows, baseline, outputs)
+            if options.target == "label":
+                result = nan_unless_valid(result, labels, outputs.shape[1])
+            return result, outputs
 
     def attribution(params, x, labels, rows, baseline, outputs):
         with jax.default_matmul_precision(PRECISIONS[options.precision]):

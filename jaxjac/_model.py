@@ -69,6 +69,8 @@ class ConvertedModel(TorchTree, ModelInterface):
         self.graph = graph
         self.spec = spec
         self.tensor_names = tuple(tensors)
+        self.tensor_shapes = tuple(tuple(np.shape(a)) for a in tensors.values())
+        self._tensor_paths = tuple(tuple(attribute_path(name)) for name in tensors)
         float_dtype = jnp.dtype(spec.dtype)
         for name, array in tensors.items():
             parts = attribute_path(name)
@@ -81,8 +83,28 @@ class ConvertedModel(TorchTree, ModelInterface):
             setattr(node, parts[-1], kind(jnp.asarray(array, dtype=tensor_dtype(array.dtype, float_dtype))))
 
     def tensors(self) -> dict[str, jax.Array]:
-        """The current parameters and buffers, by dotted torch name."""
-        return {name: self.variable(name)[...] for name in self.tensor_names}
+        """The current parameters and buffers, by dotted torch name.
+
+        Raises `JaxjacError` if one was replaced by an array of another
+        shape, which the lowered graph would silently broadcast or reject
+        deep inside a lowering.
+        """
+        out = {}
+        for name, path, shape in zip(self.tensor_names, self._tensor_paths, self.tensor_shapes, strict=True):
+            node: Any = self
+            for part in path:
+                node = getattr(node, part)
+            # The raw value skips Variable.get_value's copy, a few microseconds a tensor on every call.
+            value = node.get_raw_value()
+            if not isinstance(value, jax.Array | np.ndarray):
+                value = node.get_value()
+            if tuple(value.shape) != shape:
+                raise JaxjacError(
+                    f"model.{'.'.join(path)} has shape {tuple(value.shape)}, but the converted model's tensor "
+                    f"{name!r} has shape {shape}: replace weights with arrays of the same shape"
+                )
+            out[name] = value
+        return out
 
     def variable(self, name: str) -> nnx.Variable:
         """The `nnx.Param` or `Buffer` that holds torch tensor `name` (see `attribute_path`)."""
@@ -101,4 +123,4 @@ class ConvertedModel(TorchTree, ModelInterface):
 
 # Names a torch module or tensor must not take as an attribute: they would hide the module's own.
 _TREE_NAMES = frozenset(dir(TorchTree))
-_ROOT_NAMES = frozenset(dir(ConvertedModel)) | {"graph", "spec", "tensor_names"}
+_ROOT_NAMES = frozenset(dir(ConvertedModel)) | {"graph", "spec", "tensor_names", "tensor_shapes", "_tensor_paths"}

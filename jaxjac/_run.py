@@ -13,6 +13,8 @@ last one zero-padded, so there is exactly one compilation.
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
 import os
 import queue
@@ -28,8 +30,10 @@ import numpy as np
 
 from . import _distributed as dist
 from ._errors import JaxjacError
-from ._jacobian import batch_jacobian_core, check_labels
-from ._program_cache import load_or_compile, program_key
+from ._formulations import batch_jacobian_core, check_labels
+from ._graph_model import check_dtype_enabled
+from ._interpret import with_default_numpy_rules
+from ._program_cache import cache_folder, load_or_compile, program_key
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -125,10 +129,7 @@ def run_jacobian(
         precision=precision,
     )
     out_dtype = jnp.dtype(dtype or model.dtype)
-
-    def program(consts, x, batch_labels, rows):
-        return core(consts, x, batch_labels).astype(out_dtype)
-
+    program = _jacobian_program(core, out_dtype)
     description = {
         "program": "jacobian",
         "graph": model.graph.to_json(),
@@ -157,6 +158,15 @@ def run_jacobian(
         prefetch=prefetch,
         description=description,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _jacobian_program(core: Callable, out_dtype: np.dtype) -> Callable:
+    # One function object per core and dtype, so that `_compile` can reuse its compilation.
+    def program(consts, x, batch_labels, rows):
+        return core(consts, x, batch_labels).astype(out_dtype)
+
+    return program
 
 
 def run_stream(
@@ -200,6 +210,7 @@ def run_stream(
       (`jaxjac._program_cache`), and a rerun loads it instead of tracing again.
     - the rest as for `run_jacobian`.
     """
+    check_dtype_enabled(model.spec)
     mesh = dist.batch_mesh()
     devices, processes, process = mesh.devices.size, jax.process_count(), jax.process_index()
     if batch_size < 1 or batch_size % devices:
@@ -215,7 +226,7 @@ def run_stream(
     # Kept on CPU only, where the start-up it saves is a noticeable part of a run and
     # where executables are known to round-trip; a GPU run is dominated by the data.
     # One process only: each process of a multi-process job compiles its own part.
-    cacheable = processes == 1 and mesh.devices.flat[0].platform == "cpu"
+    cacheable = processes == 1 and mesh.devices.flat[0].platform == "cpu" and cache_folder() is not None
     if description is not None and not reduce and cacheable:
         key = program_key(
             {**description, "batch_size": batch_size, "labels": _dtype_name(labels)}, list(mesh.devices.flat)
@@ -291,15 +302,36 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
             return program(c, x, lab, rows)
 
         specs = (c_spec, x_spec, rows_spec, jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=shard))
+    # Without a program-cache key (library calls, with JAX's cache off), keep the
+    # compilation in memory instead, for the next call on equal work.
+    memo_key = None
+    if key is None:
+        memo_key = (program, reduce, tuple(mesh.devices.flat), jax.tree.structure(specs), *jax.tree.leaves(specs))
+        memo_key += (bool(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision))
+        if memo_key in _COMPILED:
+            _COMPILED.move_to_end(memo_key)
+            return _COMPILED[memo_key], consts, time.perf_counter() - t0, False
     # The input shardings come from the specs: batch arrays split over "batch", consts replicated.
     compiled, cached = load_or_compile(
         key,
-        lambda: jax.jit(fn, out_shardings=rep if reduce else shard).lower(*specs).compile(),
+        lambda: jax.jit(with_default_numpy_rules(fn), out_shardings=rep if reduce else shard).lower(*specs).compile(),
         in_tree=jax.tree.structure((specs, {})),
         out_tree=jax.tree.structure(0),  # a row program's one result array (reduce programs have no key)
         probe_args=lambda: _probe_args(specs, consts),
     )
+    if memo_key is not None:
+        _COMPILED[memo_key] = compiled
+        while len(_COMPILED) > _COMPILED_KEPT:
+            _COMPILED.popitem(last=False)
     return compiled, consts, time.perf_counter() - t0, cached
+
+
+# Compiled programs of this process, by program and argument specs: repeated
+# library calls (`jaxjac.jacobian`, `jaxjac.attribute` in a loop) compile once.
+# `program` objects are cached per model structure and options, so equal work
+# finds its entry; a few entries only, since each holds an executable.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_KEPT = 8
 
 
 def _probe_args(specs, consts) -> list:
@@ -394,12 +426,16 @@ class _Pipeline:
         for step in range(first_step, steps):
             start = self.row0 + step * self.local_batch
             stop = min(start + self.local_batch, self.row1)
-            x = np.zeros((self.local_batch, *self.sample_shape), self.dtype)
-            bad = np.zeros(0, np.int64)
-            if stop > start:
-                x[: stop - start] = self.reader.read(start, stop)
-                bad = np.flatnonzero(~np.isfinite(x.reshape(self.local_batch, -1)).all(axis=1))
-                x[bad] = 0  # NaN/Inf rows compute on zeros; their output rows become NaN
+            n = max(stop - start, 0)
+            if n == self.local_batch:  # read as is: no zeroed buffer to copy into
+                x = self.reader.read(start, stop)
+            else:
+                x = np.zeros((self.local_batch, *self.sample_shape), self.dtype)
+                x[:n] = self.reader.read(start, stop) if n else 0
+            bad = np.flatnonzero(~np.isfinite(x[:n].reshape(n, -1)).all(axis=1)) if n else np.zeros(0, np.int64)
+            if bad.size:  # NaN/Inf rows compute on zeros; their output rows become NaN
+                x = x.copy() if n == self.local_batch else x  # a read may be a view of the caller's array
+                x[bad] = 0
             rows = np.full(self.local_batch, -1, np.int32)
             # Modulo 2**31 keeps int32 (JAX's default) for datasets past two billion rows; only
             # per-row random streams (SmoothGrad noise, bootstrap weights) repeat that far apart.

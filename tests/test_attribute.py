@@ -496,7 +496,7 @@ def test_attribution_fn_explains_bad_arguments(models):
         fn(np.zeros((3, 2, 31), np.float32), np.zeros(3, np.int32))
     with pytest.raises(jaxjac.JaxjacError, match=r"target 'label' needs labels of shape \(3,\).*got none"):
         fn(np.zeros((3, *SAMPLE), np.float32))
-    with pytest.raises(jaxjac.JaxjacError, match=r"needs labels of shape \(3,\).*got shape \(2,\)"):
+    with pytest.raises(jaxjac.JaxjacError, match=r"labels have shape \(2,\); expected \(3,\)"):
         fn(np.zeros((3, *SAMPLE), np.float32), np.zeros(2, np.int32))
     with pytest.raises(jaxjac.JaxjacError, match=r"labels\[1\] = 7 is not a class of a model with 4 outputs"):
         fn(np.zeros((3, *SAMPLE), np.float32), np.array([0, 7, -3]))

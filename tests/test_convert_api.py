@@ -83,8 +83,9 @@ def test_check_catches_a_wrong_lowering(monkeypatch, request):
     # Swap ReLU's lowering for the identity: a bug that shows in nearly every row.
     # Compiled functions are cached per graph: use a graph no other test builds,
     # and drop what this test compiled.
-    for cache in (_batched_forward, jaxjac._jacobian._core, jaxjac._jacobian._jit):
+    for cache in (_batched_forward, jaxjac._formulations._core, jaxjac._run._jacobian_program):
         request.addfinalizer(cache.cache_clear)
+    request.addfinalizer(jaxjac._run._COMPILED.clear)
     monkeypatch.setitem(registry._LOWERINGS, "aten.relu.default", lambda x: x)
     with pytest.raises(jaxjac.ConversionCheckError, match=r"outputs: max relative error .*jacobians") as info:
         jaxjac.convert(small_net(length=11), torch.randn(2, 1, 11))
@@ -262,3 +263,19 @@ def test_export_errors_give_torch_s_cause_and_a_hint():
 
     with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*apply that once before converting"):
         jaxjac.convert(MaxNorm().eval(), torch.randn(2, 1, 8))
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_converted_to_compute_in_float32(half, tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 24, 3)).eval()
+    x = torch.randn(4, 2, 24)
+    halved = net.to(half)
+    model = jaxjac.convert(halved, x.to(half))  # the check compares with the same weights in float32
+    assert model.metadata["check"]["passed"] and model.dtype == np.float32
+    assert next(halved.parameters()).dtype == half  # the user's model is left as it was
+    reference = halved.float()
+    expected = np.stack([torch.autograd.functional.jacobian(reference, x[i : i + 1])[0, :, 0] for i in range(4)])
+    np.testing.assert_allclose(jaxjac.jacobian(model, x), expected, rtol=1e-5, atol=1e-6)
+    jaxjac.save(model, tmp_path / "half.jaxjac")
+    np.testing.assert_array_equal(jaxjac.jacobian(jaxjac.load(tmp_path / "half.jaxjac"), x), jaxjac.jacobian(model, x))

@@ -103,6 +103,9 @@ def _main(argv: Sequence[str] | None) -> int:
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = _show_warning
+            # Libraries' notices to their own developers (torch's, JAX's): noise to a user; --debug shows them.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
         return _run(modules, args, debug)
 
 

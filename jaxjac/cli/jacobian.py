@@ -195,7 +195,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
         partial_path,
         required_bytes,
     )
-    from .._jacobian import batch_jacobian_core
+    from .._formulations import batch_jacobian_core
     from .._resume import check_fingerprint, data_digest, read_progress, sidecar_path
     from .._run import check_labels, output_shape
 
