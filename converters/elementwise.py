@@ -148,8 +148,14 @@ def neg(x: Operand) -> Operand:
 
 @register("aten.abs.default")
 def abs_(x: Operand) -> Operand:
-    """`|x|`; the gradient at 0 is 0 (sign(0)), as in torch."""
-    return jnp.abs(x)
+    """`|x|`; the gradient at 0 is 0 (sign(0)), as in torch.
+
+    `jnp.abs`'s gradient at 0 is 1, which matters: zero-padded records put
+    exact zeros under `abs(conv(x))` and `norm(x, 1)`.
+    """
+    if jnp.iscomplexobj(x):
+        return jnp.abs(x)
+    return x * jnp.sign(x)  # d/dx = sign(x), since sign's own derivative is 0
 
 
 @register("aten.sign.default")
@@ -229,6 +235,15 @@ for _op, _fn in {
     "erfinv": jax.scipy.special.erfinv,
 }.items():
     register(f"aten.{_op}.default")(_unary_float(_fn))
+
+
+@register("aten.sinc.default")
+def sinc(x: Operand) -> Operand:
+    """`sin(pi x) / (pi x)`, 1 at 0, with torch's derivative 0 there (`jnp.sinc` gives NaN)."""
+    x = _as_float(x)
+    zero = x == 0
+    safe = jnp.where(zero, jnp.ones_like(x), x) * jnp.pi
+    return jnp.where(zero, jnp.ones_like(x), jnp.sin(safe) / safe)
 
 
 @register("aten.atan2.default")

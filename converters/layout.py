@@ -95,7 +95,7 @@ POINTWISE_OPS = tuple(
         "where.self where.ScalarSelf where.ScalarOther eq.Tensor eq.Scalar ne.Tensor ne.Scalar gt.Tensor "
         "gt.Scalar ge.Tensor ge.Scalar lt.Tensor lt.Scalar le.Tensor le.Scalar logical_not.default "
         "logical_and.default logical_or.default clone.default alias.default detach.default "
-        "_to_copy.default"
+        "_to_copy.default sinc.default"
     ).split()
 )
 

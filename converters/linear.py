@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .elementwise import abs_
 from .registry import register
 
 
@@ -65,7 +66,7 @@ def cdist(x1: jax.Array, x2: jax.Array, p: float, compute_mode: int | None = Non
 
     As in torch, a zero distance has zero gradient for every `p`.
     """
-    diff = jnp.abs(x1[..., :, None, :] - x2[..., None, :, :])
+    diff = abs_(x1[..., :, None, :] - x2[..., None, :, :])
     if p == 0:
         return jnp.sum(diff != 0, axis=-1).astype(diff.dtype)
     if p == 1:

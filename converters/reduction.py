@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import Array, lax
 
+from .elementwise import abs_
 from .registry import register
 
 Dims = int | Sequence[int] | None
@@ -157,8 +158,27 @@ def var_dim(x: Array, dim: Dims = None, unbiased: bool = True, keepdim: bool = F
 
 @register("aten.std.correction")
 def std(x: Array, dim: Dims = None, *, correction: float | None = None, keepdim: bool = False) -> Array:
-    """Standard deviation over `dim`, dividing by `count - correction` (default 1)."""
-    return jnp.sqrt(var(x, dim, correction=correction, keepdim=keepdim))
+    """Standard deviation over `dim`, dividing by `count - correction` (default 1).
+
+    Its gradient is 0 where the deviation is 0 (a constant slice), as torch's
+    std backward masks it; `sqrt(var)` would give NaN there. torch.export
+    would decompose `std` into that `sqrt(var)`, so jaxjac keeps it whole.
+    """
+    return _safe_root(var(x, dim, correction=correction, keepdim=keepdim), 2)
+
+
+@register("aten.std.dim")
+def std_dim(x: Array, dim: Dims = None, unbiased: bool = True, keepdim: bool = False) -> Array:
+    """Standard deviation over `dim`, unbiased or not (see `std`)."""
+    return std(x, dim, correction=1 if unbiased else 0, keepdim=keepdim)
+
+
+@register("aten.std_mean.correction")
+def std_mean(
+    x: Array, dim: Dims = None, *, correction: float | None = None, keepdim: bool = False
+) -> tuple[Array, Array]:
+    """`(standard deviation, mean)` over `dim`, in torch's order (see `std`)."""
+    return std(x, dim, correction=correction, keepdim=keepdim), mean(x, dim, keepdim)
 
 
 @register("aten.var_mean.correction")
@@ -191,7 +211,7 @@ def linalg_vector_norm(x: Array, ord: float = 2, dim: Dims = None, keepdim: bool
     """
     axes = _axes(dim)
     x = x if dtype is None else x.astype(dtype)
-    magnitude = jnp.abs(x)
+    magnitude = abs_(x)
     if ord == float("inf"):
         return jnp.max(magnitude, axis=axes, keepdims=keepdim)
     if ord == float("-inf"):

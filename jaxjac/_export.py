@@ -70,7 +70,12 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
     with eval_mode(net), torch.enable_grad(), _quiet_export():
         try:
-            program = torch.export.export(net, (sample,))
+            try:
+                program = torch.export.export(net, (sample,))
+            except Exception as error:
+                if _ASSIGNS_TO_DATA not in str(error):
+                    raise
+                program = _export_with_constraints_applied(net, sample, error)
         except Exception as error:  # torch raises many types here, with long messages
             raise JaxjacError(
                 f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: "
@@ -80,12 +85,64 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         return program.run_decompositions(_decomposition_table())
 
 
+# What torch.export says when forward assigns to a parameter's `.data`.
+_ASSIGNS_TO_DATA = "fake tensor in the exported program constant"
+
+
+def _export_with_constraints_applied(
+    net: torch.nn.Module, sample: torch.Tensor, error: Exception
+) -> torch.export.ExportedProgram:
+    """Export a forward that rewrites its own weights (`self.weight.data = renorm(...)`).
+
+    Weight constraints such as max-norm (braindecode's `Conv2dWithConstraint`,
+    used by EEGNet) project the weights at every forward call. Such a
+    projection is idempotent, so jaxjac runs forward once, as torch's own
+    inference does, which leaves the projected weights in place, and traces
+    forward with `.data` assignments ignored. The conversion check compares
+    with torch's forward, which still projects, so a projection that is not
+    idempotent is caught.
+    """
+    with torch.no_grad():
+        net(sample)
+    with _data_assignments_ignored():
+        try:
+            program = torch.export.export(net, (sample,))
+        except Exception:
+            raise error from None
+    warnings.warn(
+        "forward assigns to a parameter's `.data` (a weight constraint such as max-norm): jaxjac ran forward "
+        "once to apply it to the weights, as torch's inference does, and converted forward without the "
+        "assignment; the conversion check compares the result with torch",
+        UserWarning,
+        stacklevel=4,
+    )
+    return program
+
+
+@contextlib.contextmanager
+def _data_assignments_ignored() -> Iterator[None]:
+    """`tensor.data = value` does nothing in the block, and reading `.data` is `detach()`.
+
+    A `.data` read would lift the weight into the program as a constant that
+    torch.export cannot hold; `detach()` is the same value, traced as an op.
+    """
+    saved = torch.Tensor.__dict__.get("data")
+    torch.Tensor.data = property(torch.Tensor.detach, lambda self, value: None)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del torch.Tensor.data
+        else:
+            torch.Tensor.data = saved
+
+
 # Causes torch.export names obscurely, and what to do about them.
 _EXPORT_HINTS = (
     (
-        "fake tensor in the exported program constant",
-        "forward seems to assign to a parameter or buffer (as a max-norm constraint's `self.weight.data = ...` "
-        "does); apply that once before converting, outside forward",
+        _ASSIGNS_TO_DATA,
+        "forward seems to assign to a parameter or buffer in a way jaxjac could not set aside (a weight "
+        "constraint's `self.weight.data = ...` is handled); compute the new value outside forward, once",
     ),
     (
         ".numpy() is not supported",
@@ -133,15 +190,24 @@ def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:
         program.graph_module.recompile()
 
 
-# Ops whose own backward torch defines at the kinks (hardswish'(-3) = 0):
-# decomposing them into clamp/mul/div would change the Jacobian there.
-_KEEP_WHOLE = ("hardswish", "hardsigmoid")
+# Ops whose own backward torch defines at the kinks (hardswish'(-3) = 0, std's
+# gradient 0 on a constant slice, sinc'(0) = 0): decomposing them into
+# clamp/mul/div, sqrt(var) or sin/div would change the Jacobian there.
+_KEEP_WHOLE = (
+    "hardswish.default",
+    "hardsigmoid.default",
+    "std.correction",
+    "std.dim",
+    "std_mean.correction",
+    "sinc.default",
+)
 
 
 def _decomposition_table() -> dict:
     table = torch.export.default_decompositions()
     for name in _KEEP_WHOLE:
-        table.pop(getattr(torch.ops.aten, name).default, None)
+        packet, overload = name.split(".")
+        table.pop(getattr(getattr(torch.ops.aten, packet), overload), None)
     # The default table turns `detach` into `alias`, an identity: the gradient
     # that `x.mean().detach()` (RevIN normalisation, say) stops would flow again.
     table.pop(torch.ops.aten.detach.default, None)

@@ -129,17 +129,40 @@ def lower_program(
             refs[fx_node.name] = Ref("node", fx_node.name)
         elif fx_node.op == "output":
             outputs = tuple(convert_arg(a) for a in fx_node.args[0])
-    outputs = _pick_output(outputs, output_index)
+    outputs = _pick_output(outputs, output_index, _output_names(program, len(outputs)))
     graph = Graph(input_name=user_inputs[0], nodes=tuple(nodes), outputs=outputs, tensors=tuple(tensors))
     check_supported(graph)
     return graph, tensors
 
 
-def _pick_output(outputs: tuple[Any, ...], output_index: int | None) -> tuple[Ref, ...]:
+def _output_names(program: torch.export.ExportedProgram, n: int) -> list[str]:
+    """Where each of forward's `n` flat outputs sits in what it returns: `out['logits']`, `out[1]`."""
+    try:
+        tree = torch.utils._pytree.tree_unflatten(list(range(n)), program.call_spec.out_spec)
+    except Exception:  # an unusual output container: the indices alone will do
+        return []
+    names: dict[int, str] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}[{key!r}]")
+        elif isinstance(node, list | tuple):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+        elif isinstance(node, int):
+            names[node] = path
+
+    walk(tree, "out")
+    return [names.get(i, "?") for i in range(n)] if len(names) == n else []
+
+
+def _pick_output(outputs: tuple[Any, ...], output_index: int | None, names: list[str]) -> tuple[Ref, ...]:
     if output_index is None:
         if len(outputs) != 1:
+            listing = f" ({', '.join(f'{i}: {name}' for i, name in enumerate(names))})" if names else ""
             raise JaxjacError(
-                f"the model's forward returns {len(outputs)} values; pass output_index "
+                f"the model's forward returns {len(outputs)} values{listing}; pass output_index "
                 "(`--output-index` on the command line) to choose the one to differentiate"
             )
         output_index = 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_converts
 
 import jaxjac
 import jaxjac._convert
@@ -66,7 +67,7 @@ def test_train_mode_is_converted_as_eval_with_a_warning():
 
 def test_output_index_chooses_among_several_outputs():
     net, x = TwoOutputs().eval(), torch.randn(3, 1, 8)
-    with pytest.raises(jaxjac.JaxjacError, match="returns 2 values; pass output_index"):
+    with pytest.raises(jaxjac.JaxjacError, match=r"returns 2 values \(0: out\[0\], 1: out\[1\]\); pass output_index"):
         jaxjac.convert(net, x)
     model = jaxjac.convert(net, x, output_index=1)
     np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x)[1].detach().numpy(), rtol=1e-5, atol=1e-6)
@@ -170,7 +171,10 @@ def test_forward_returning_a_dict_converts_and_is_checked():
     x = torch.randn(4, 1, 8)
     model = jaxjac.convert(DictOutputs().eval(), x)
     assert model.metadata["check"]["passed"]
-    probs = jaxjac.convert(DictOutputs(("logits", "probs")).eval(), x, output_index=1)
+    two = DictOutputs(("logits", "probs")).eval()
+    with pytest.raises(jaxjac.JaxjacError, match=r"returns 2 values \(0: out\['logits'\], 1: out\['probs'\]\)"):
+        jaxjac.convert(two, x)
+    probs = jaxjac.convert(two, x, output_index=1)
     assert probs.metadata["check"]["passed"]
     np.testing.assert_allclose(np.asarray(probs(x.numpy())).sum(-1), 1.0, rtol=1e-5)
 
@@ -252,17 +256,17 @@ def test_a_model_that_cannot_be_copied_is_cast_in_place_and_restored():
 
 
 def test_export_errors_give_torch_s_cause_and_a_hint():
-    class MaxNorm(nn.Module):
+    class DataDependent(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv1d(1, 2, 3)
 
         def forward(self, x):
-            self.conv.weight.data = torch.renorm(self.conv.weight.data, 2, 0, 1.0)
-            return self.conv(x).flatten(1)
+            scale = float(x.abs().max().detach().numpy())  # a Python number from the data
+            return (self.conv(x) / scale).flatten(1)
 
-    with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*apply that once before converting"):
-        jaxjac.convert(MaxNorm().eval(), torch.randn(2, 1, 8))
+    with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*turns a tensor into Python values"):
+        jaxjac.convert(DataDependent().eval(), torch.randn(2, 1, 8))
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
@@ -279,3 +283,40 @@ def test_a_half_precision_model_is_converted_to_compute_in_float32(half, tmp_pat
     np.testing.assert_allclose(jaxjac.jacobian(model, x), expected, rtol=1e-5, atol=1e-6)
     jaxjac.save(model, tmp_path / "half.jaxjac")
     np.testing.assert_array_equal(jaxjac.jacobian(jaxjac.load(tmp_path / "half.jaxjac"), x), jaxjac.jacobian(model, x))
+
+
+class Conv2dWithConstraint(nn.Conv2d):
+    """braindecode's max-norm convolution (EEGNet, EEGNeX): it renormalises its weight in forward."""
+
+    def __init__(self, *args, max_norm=1.0, **kwargs):
+        self.max_norm = max_norm
+        super().__init__(*args, **kwargs)
+
+    def forward(self, x):
+        self.weight.data = torch.renorm(self.weight.data, p=2, dim=0, maxnorm=self.max_norm)
+        return super().forward(x)
+
+
+class ConstrainedEEGNet(nn.Module):
+    def __init__(self, scale_in_forward: float | None = None):
+        super().__init__()
+        self.spatial = Conv2dWithConstraint(1, 4, (22, 1), max_norm=1.0, bias=False)
+        self.head = nn.Linear(4 * 32, 2)
+        self.scale = scale_in_forward
+        with torch.no_grad():
+            self.spatial.weight.mul_(3.0)  # above the max norm, so the first forward changes it
+
+    def forward(self, x):  # (N, 22, 32) EEG channels by time
+        if self.scale is not None:  # a rewrite that is not a projection: each call changes the weights again
+            self.head.weight.data = self.head.weight.data * self.scale
+        return self.head(torch.tanh(self.spatial(x.unsqueeze(1))).flatten(1))
+
+
+def test_a_weight_constraint_applied_in_forward_is_converted_with_a_warning():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"forward assigns to a parameter's `.data` \(a weight constraint"):
+        assert_converts(ConstrainedEEGNet(), (22, 32), "float64", n=3)
+    assert "data" not in torch.Tensor.__dict__  # torch's own `.data` is back
+    with pytest.raises(jaxjac.ConversionCheckError, match="max relative error"):
+        with pytest.warns(UserWarning, match="forward assigns"):
+            jaxjac.convert(ConstrainedEEGNet(scale_in_forward=1.5).eval(), torch.randn(2, 22, 32))

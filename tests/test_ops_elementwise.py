@@ -180,6 +180,28 @@ def test_norm_of_zero_has_zero_gradient() -> None:
     assert_converts(Fn(lambda x, b: x.norm(dim=1)), (C, L), "float64", x=x)
 
 
+# Exact zeros and constant slices: zero-padded records and flat channels put inputs right on
+# these points, where torch's backward makes a choice that a naive lowering does not.
+AT_ZEROS = {
+    "abs": lambda x, b: (x.abs() * b).sum(-1) + torch.abs(x[:, :1] - x[:, 1:2]).mean(-1),
+    "norm-1": lambda x, b: torch.linalg.vector_norm(x, 1, dim=-1) + x.norm(p=1, dim=1).sum(-1, keepdim=True),
+    "cdist-1": lambda x, b: torch.cdist(x, x[:, :2], p=1).flatten(1),
+    "sinc": lambda x, b: torch.sinc(x * b).sum(-1),
+    "std": lambda x, b: (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-3),
+    "std-biased-all": lambda x, b: x.std(-1, unbiased=False) + x.std() * x[:, 0, :1],
+    "std-mean": lambda x, b: torch.std_mean(x, -1)[0] * torch.std_mean(x, -1, correction=0)[1],
+}
+
+
+@pytest.mark.parametrize("name", list(AT_ZEROS))
+def test_derivatives_at_exact_zeros_and_flat_slices_match_torch(name: str) -> None:
+    x = np.random.default_rng(0).standard_normal((3, C, L))
+    x[0] = 0.0  # a zero-padded sample: every function above sits on its special point
+    x[1, 1] = 0.7  # a flat channel: its standard deviation is 0
+    x[2, :, :2] = 0.0
+    assert_converts(Fn(AT_ZEROS[name]), (C, L), "float64", x=x)
+
+
 def test_max_dim_gradient_goes_to_first_tie() -> None:
     """`max(dim)` sends the gradient to the index it returns; `amax` shares it among ties."""
     x = np.random.default_rng(0).standard_normal((2, C, L))
