@@ -142,7 +142,7 @@ def _xla_only() -> Iterator[None]:
 def models(names: list[str], repeats: int, batch: int = 256) -> None:
     import torch
 
-    from jaxjac import _jacobian
+    from jaxjac._formulations import batch_jacobian_core
 
     from .models import build
 
@@ -150,7 +150,7 @@ def models(names: list[str], repeats: int, batch: int = 256) -> None:
     fns, worst = {}, {}
     for name in names:
         model = jaxjac.convert(build(name), torch.zeros(1, 1, 224))
-        core, tensors = _jacobian.batch_jacobian_core(model)
+        core, tensors = batch_jacobian_core(model)
         results = {}
         for variant, ctx in (("xla", _xla_only), ("tiled", contextlib.nullcontext)):
             fn = jax.jit(lambda t, x, core=core: core(t, x, None))  # a fresh function: a fresh trace

@@ -298,6 +298,18 @@ def maximum(a: Operand, b: Operand) -> Operand:
     return jnp.maximum(a, b)
 
 
+@register("aten.fmax.default")
+def fmax(a: Operand, b: Operand) -> Operand:
+    """The larger of `a` and `b`, ignoring a NaN; ties and NaN `b` take `a` (and its gradient), as in torch."""
+    return jnp.where((a >= b) | jnp.isnan(b), a, b)
+
+
+@register("aten.fmin.default")
+def fmin(a: Operand, b: Operand) -> Operand:
+    """The smaller of `a` and `b`, ignoring a NaN; ties and NaN `b` take `a` (and its gradient), as in torch."""
+    return jnp.where((a <= b) | jnp.isnan(b), a, b)
+
+
 @register("aten.minimum.default")
 def minimum(a: Operand, b: Operand) -> Operand:
     """Elementwise min; NaN propagates and ties split the gradient, both as in torch."""

@@ -91,7 +91,7 @@ POINTWISE_OPS = tuple(
         "exp.default expm1.default log.default log1p.default sqrt.default rsqrt.default reciprocal.default "
         "sin.default cos.default tanh.default sigmoid.default relu.default gelu.default leaky_relu.default "
         "elu.default hardtanh.default hardswish.default hardsigmoid.default erf.default sign.default "
-        "clamp.default clamp.Tensor clamp_min.default clamp_max.default maximum.default minimum.default "
+        "clamp.default clamp.Tensor clamp_min.default clamp_max.default maximum.default minimum.default fmax.default fmin.default "
         "where.self where.ScalarSelf where.ScalarOther eq.Tensor eq.Scalar ne.Tensor ne.Scalar gt.Tensor "
         "gt.Scalar ge.Tensor ge.Scalar lt.Tensor lt.Scalar le.Tensor le.Scalar logical_not.default "
         "logical_and.default logical_or.default clone.default alias.default detach.default "

@@ -96,6 +96,13 @@ POINTWISE = {
     ),
     "erf-hypot": lambda x, b: torch.erf(x) + torch.erfc(x) + torch.special.erfinv(0.3 * x) + torch.hypot(x, b),
     "minimum-maximum": lambda x, b: torch.maximum(x, b - 1) + torch.minimum(x, 0.5 - b),
+    "fmax-fmin": lambda x, b: (
+        torch.fmax(x, b - 1)
+        + torch.fmin(x, torch.where(x > 0.3, torch.nan, 0.5 - b))  # a NaN operand is ignored
+        # Exact ties everywhere, with derivatives 1 and 0: the first operand's gradient is taken.
+        + torch.fmax(x - x.detach(), torch.zeros_like(x)) * 3
+        + torch.fmin(torch.zeros_like(x), x - x.detach()) * 5
+    ),
     "sign-round": lambda x, b: x * (torch.sign(x) + torch.floor(x) + torch.ceil(x) + torch.round(x) + torch.trunc(x)),
     "modulo-division": lambda x, b: (
         torch.remainder(x, 0.7)
