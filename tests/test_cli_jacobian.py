@@ -162,3 +162,45 @@ def test_runs_without_torch_or_flax(artifact, tmp_path):
     assert proc.returncode == 0, proc.stderr
     expected = jaxjac.jacobian(jaxjac.load(artifact), x, target="predicted", batch_size=4)
     np.testing.assert_array_equal(np.load(out), expected)
+
+
+def _stderr_on_a_terminal(command: list[str], cwd) -> str:
+    """Run `command` with stderr on a pseudo-terminal; returns what it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, where tqdm draws nothing: make it 120.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower, cwd=cwd)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_progress_bar_on_a_terminal_and_one_summary_line_elsewhere(artifact, tmp_path):
+    make_data(tmp_path / "X.npy", 300)
+    command = [sys.executable, "-m", "jaxjac", "jacobian", artifact, "X.npy", "--batch-size", "16"]
+    command += ["--compile-cache", "off"]
+    on_terminal = _stderr_on_a_terminal([*command, "-o", "tty.npy"], tmp_path)
+    # tqdm's bar: the device count in its label, the rate and the elapsed<remaining (ETA) times.
+    assert "jacobian [1 device]" in on_terminal and "300/300" in on_terminal, on_terminal
+    assert re.search(r"sample/s", on_terminal) and re.search(r"\d\d:\d\d<\d\d:\d\d", on_terminal), on_terminal
+    quiet = _stderr_on_a_terminal([*command, "-o", "quiet.npy", "--quiet"], tmp_path)
+    piped = subprocess.run([*command, "-o", "piped.npy"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    for err in (quiet, piped.stderr):
+        assert "sample/s" not in err and "300/300" not in err, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and re.match(r"jaxjac: computed 300 rows in .* samples/s", lines[0]), err
