@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from ._arrays import ArrayWriter, array_reader, as_target, batch_labels, batch_size_for, check_samples
+from ._arrays import ArrayWriter, array_reader, as_array, as_target, batch_labels, batch_size_for, check_samples
 from ._errors import JaxjacError
 from ._graph_model import check_dtype_enabled
 from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
@@ -66,7 +66,7 @@ def attribution_fn(
     run = _jit(core)
 
     def attribution_of_batch(x: Any, labels: Any = None, rows: Any = None):
-        check_dtype_enabled(model.spec)
+        check_dtype_enabled(model.spec)  # before the core's own casts would warn or truncate
         x = check_samples(x, model.sample_shape, "input batch")
         if options.target == "label":
             labels = default_labels if labels is None else labels
@@ -87,6 +87,22 @@ def split_target(target: Any, labels: Any) -> tuple[Any, Any]:
         if labels is not None:
             raise JaxjacError("give the labels once: as target=labels or as labels=, not both")
         return "label", target
+    return target, labels
+
+
+def target_and_labels(model: ConvertedModel, n: int, target: Any, labels: Any) -> tuple[str | int, Any]:
+    """The target and checked labels `(n,)` of a whole-dataset call (`attribute`, `importance`).
+
+    Labels may come as `target=` or `labels=`, as any array or a list; the
+    default target is ``"label"`` with labels, else ``"predicted"``.
+    """
+    target, labels = split_target(as_target(target), labels)
+    if labels is not None:
+        labels = check_labels(np.asarray(as_array(labels)), n, model.n_outputs)
+    if target is None:
+        return ("label" if labels is not None else "predicted"), labels
+    if isinstance(target, str) and target == "label" and labels is None:
+        raise JaxjacError("target 'label' needs labels: pass labels=y, one per sample")
     return target, labels
 
 
@@ -141,13 +157,7 @@ def attribute(
     >>> scores = jaxjac.attribute(model, X, "smoothgrad", target="predicted")  # doctest: +SKIP
     """
     reader = array_reader(model, x)
-    target, labels = split_target(as_target(target), labels)
-    if labels is not None:
-        labels = check_labels(np.asarray(as_target(labels)), reader.n_samples, model.n_outputs)
-    if target is None:
-        target = "label" if labels is not None else "predicted"
-    elif isinstance(target, str) and target == "label" and labels is None:
-        raise JaxjacError("target 'label' needs labels: pass labels=y, one per sample")
+    target, labels = target_and_labels(model, reader.n_samples, target, labels)
     options = check_options(
         model,
         AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision),

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._arrays import ArrayWriter, array_reader, as_target, batch_size_for, positive_int
-from ._attribute import feature_mean, split_target, stream_attributions
+from ._arrays import ArrayWriter, array_reader, batch_size_for, positive_int
+from ._attribute import feature_mean, stream_attributions, target_and_labels
 from ._durable import replace_atomically
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_shape, check_options, resolve_baseline
 from ._reduce import STATISTICS, Accumulator, bootstrap_confidence, group_statistics, reduction_program, score_values
-from ._run import RunResult, check_labels, run_stream
+from ._run import RunResult, run_stream
 from ._versions import package_version
 
 if TYPE_CHECKING:
@@ -146,10 +146,7 @@ def importance(
     [148, 32, 70, 188, 105]
     """
     reader = array_reader(model, x)
-    target, labels = split_target(as_target(target), labels)
-    if labels is not None:
-        labels = check_labels(np.asarray(as_target(labels)), reader.n_samples, model.n_outputs)
-    target = _default_target(target, labels)
+    target, labels = target_and_labels(model, reader.n_samples, target, labels)
     options = AttributionOptions(method, target, output, steps, rule, noise, samples, seed, formulation, precision)
     plan = ImportancePlan(
         options=options,
@@ -170,14 +167,6 @@ def importance(
     return compute_importance(
         model, reader, plan, labels=labels, batch_size=batch_size_for(batch_size, reader.n_samples)
     )
-
-
-def _default_target(target: str | int | None, labels: np.ndarray | None) -> str | int:
-    if target is None:
-        return "label" if labels is not None else "predicted"
-    if isinstance(target, str) and target == "label" and labels is None:
-        raise JaxjacError("target 'label' needs labels, one per sample (--labels y.npy)")
-    return target
 
 
 @dataclass

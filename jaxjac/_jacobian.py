@@ -23,6 +23,7 @@ from ._formulations import (
     Target,
     batch_jacobian_core,
     check_labels,
+    target_kind,
     validate_options,
 )
 from ._graph_model import check_dtype_enabled
@@ -72,18 +73,12 @@ def jacobian_fn(
     (256, 1, 224)
     """
     target = as_target(target)
-    kind = validate_options(model, target, output, method, precision)
-    core, _ = batch_jacobian_core(
-        model,
-        target=target if kind != "labels" else np.zeros(0, np.int32),
-        output=output,
-        method=method,
-        precision=precision,
-    )
+    core, _ = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
+    kind = target_kind(target)  # valid: batch_jacobian_core has checked every option
     run = _jit(core)
 
     def jacobian_of_batch(x: Any, labels: Any = None) -> jax.Array:
-        check_dtype_enabled(model.spec)
+        check_dtype_enabled(model.spec)  # before the core's own casts would warn or truncate
         x = check_samples(x, model.sample_shape, "input batch")
         if kind == "labels":
             labels = batch_labels(target if labels is None else labels, x.shape[0], model.n_outputs)
@@ -130,7 +125,6 @@ def jacobian(
     """
     target = as_target(target)
     kind = validate_options(model, target, output, method, precision)
-    check_dtype_enabled(model.spec)
     reader = array_reader(model, x)
     n = reader.n_samples
     labels = check_labels(np.asarray(target), n, model.n_outputs) if kind == "labels" else None

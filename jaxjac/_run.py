@@ -431,7 +431,8 @@ class _Pipeline:
                 x = self.reader.read(start, stop)
             else:
                 x = np.zeros((self.local_batch, *self.sample_shape), self.dtype)
-                x[:n] = self.reader.read(start, stop) if n else 0
+                if n:
+                    x[:n] = self.reader.read(start, stop)
             bad = np.flatnonzero(~np.isfinite(x[:n].reshape(n, -1)).all(axis=1)) if n else np.zeros(0, np.int64)
             if bad.size:  # NaN/Inf rows compute on zeros; their output rows become NaN
                 x = x.copy() if n == self.local_batch else x  # a read may be a view of the caller's array
