@@ -5,6 +5,15 @@ A baseline's `make(ctx)` returns `run(x)`, mapping a float32 numpy batch `x`
 ``"all"``, `(B, *sample_shape)` for ``"predicted"`` and ``"vjp"`` (the row
 of class 0), `(B, K)` for ``"forward"``. Every `run` returns host (numpy)
 arrays, so every baseline pays for the same transfers.
+
+Two other modes (`Baseline.mode`) say how the worker calls `run`:
+
+- ``"stream"``: `run` gets the whole dataset at once and returns all its
+  rows, as a user calls `jaxjac.jacobian(model, X)`; the library streams it in
+  batches of `ctx.batch_size`, overlapping transfers with compute.
+- ``"resident"`` (GPU only): the inputs are put on the device before the
+  clock starts, and `run` maps a device batch to a device result, so the rate
+  is the computation alone, without host transfers.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ class Context:
     """What a baseline is built from: the torch net or the converted model, and the device."""
 
     device: str  # "cpu" or "gpu"
+    batch_size: int = 256
     net: Any = None  # torch.nn.Module in eval mode, on the device (torch baselines)
     model: Any = None  # jaxjac.ConvertedModel (jax baselines)
     n_outputs: int = 3
@@ -34,7 +44,8 @@ class Baseline:
 
     `target` is the Jacobian it computes (``"all"``, ``"predicted"``) or a
     helper measurement (``"forward"``, ``"vjp"``); `per_sample` marks the
-    seed's loop, timed on `--loop-n` samples only.
+    seed's loop, timed on `--loop-n` samples only; `mode` is ``"batch"``,
+    ``"stream"`` or ``"resident"`` (module docstring); `devices` where it runs.
     """
 
     name: str
@@ -42,6 +53,8 @@ class Baseline:
     target: str
     make: Callable[[Context], Run]
     per_sample: bool = False
+    mode: str = "batch"
+    devices: tuple[str, ...] = ("cpu", "gpu")
 
 
 def _torch_device(ctx: Context) -> Any:
@@ -81,32 +94,36 @@ def _torch_func_vmap_jacrev(ctx: Context) -> Run:
     return run
 
 
-def _hand_written(forward: Callable[[Any], Any], ctx: Context, target: str) -> Run:
-    """One batched forward with `requires_grad`, then one `autograd.grad` per output row."""
+def _hand_written(forward: Callable[[Any], Any], target: str) -> Callable[[Any], Any]:
+    """One batched forward with `requires_grad`, then one `autograd.grad` per output row: tensor to tensor."""
     import torch
 
-    def run(x: np.ndarray) -> np.ndarray:
-        xt = _to_torch(ctx, x).requires_grad_(True)
+    def grads(xt: Any) -> Any:
+        xt = xt.detach().requires_grad_(True)
         y = forward(xt)
         if target == "predicted":
             selected = y.gather(1, y.argmax(1, keepdim=True)).sum()
-            return torch.autograd.grad(selected, xt)[0].cpu().numpy()
+            return torch.autograd.grad(selected, xt)[0]
         k = y.shape[1]
         rows = [torch.autograd.grad(y[:, i].sum(), xt, retain_graph=i < k - 1)[0] for i in range(k)]
-        return torch.stack(rows, dim=1).cpu().numpy()
+        return torch.stack(rows, dim=1)
 
-    return run
+    return grads
+
+
+def _on_host(ctx: Context, grads: Callable[[Any], Any]) -> Run:
+    return lambda x: grads(_to_torch(ctx, x)).cpu().numpy()
 
 
 def _torch_best(target: str) -> Callable[[Context], Run]:
-    return lambda ctx: _hand_written(ctx.net, ctx, target)
+    return lambda ctx: _on_host(ctx, _hand_written(ctx.net, target))
 
 
 def _torch_compiled(target: str) -> Callable[[Context], Run]:
     def make(ctx: Context) -> Run:
         import torch
 
-        return _hand_written(torch.compile(ctx.net), ctx, target)
+        return _on_host(ctx, _hand_written(torch.compile(ctx.net), target))
 
     return make
 
@@ -148,9 +165,60 @@ def _jaxjac(target: str, method: str, precision: str = "float32") -> Callable[[C
     return make
 
 
+def _torch_best_pinned(ctx: Context) -> Run:
+    """torch best with page-locked host buffers, allocated once, for both copies: what a CUDA expert writes."""
+    import torch
+
+    grads, buffers = _hand_written(ctx.net, "all"), {}
+
+    def pinned(key: str, like: Any) -> Any:
+        if key not in buffers or buffers[key].shape != like.shape:
+            buffers[key] = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+        return buffers[key]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        host_x = torch.from_numpy(x)
+        staged = pinned("x", host_x).copy_(host_x)
+        y = grads(staged.to("cuda", non_blocking=True))
+        return pinned("y", y).copy_(y).numpy()  # the caller copies the rows out before the next call
+
+    return run
+
+
+def _jaxjac_pinned(ctx: Context) -> Run:
+    """jaxjac's default method, its result moved to page-locked host memory before the host copy."""
+    import jax
+
+    import jaxjac
+
+    fn = jaxjac.jacobian_fn(ctx.model)
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0], memory_kind="pinned_host")
+    return lambda x: np.asarray(jax.device_put(fn(x), host))
+
+
+def _jaxjac_on_device(target: str, method: str) -> Callable[[Context], Run]:
+    def make(ctx: Context) -> Run:
+        import jaxjac
+
+        return jaxjac.jacobian_fn(ctx.model, target=target, method=method)
+
+    return make
+
+
+def _jaxjac_streamed(target: str) -> Callable[[Context], Run]:
+    def make(ctx: Context) -> Run:
+        import jaxjac
+
+        return lambda x: jaxjac.jacobian(ctx.model, x, target=target, batch_size=ctx.batch_size)
+
+    return make
+
+
 def _jaxjac_forward(ctx: Context) -> Run:
     return lambda x: np.asarray(ctx.model(x))
 
+
+JAXJAC_ON_DEVICE = "jaxjac vmap-jacrev (on device)"
 
 BASELINES: dict[str, Baseline] = {
     b.name: b
@@ -165,6 +233,28 @@ BASELINES: dict[str, Baseline] = {
         Baseline("torch best (predicted)", "torch", "predicted", _torch_best("predicted")),
         Baseline("jaxjac vmap-jacrev (predicted)", "jax", "predicted", _jaxjac("predicted", "vmap-jacrev")),
         Baseline("jaxjac batched-vjp (predicted)", "jax", "predicted", _jaxjac("predicted", "batched-vjp")),
+        Baseline("jaxjac.jacobian (streamed)", "jax", "all", _jaxjac_streamed("all"), mode="stream"),
+        Baseline(
+            "jaxjac.jacobian predicted (streamed)", "jax", "predicted", _jaxjac_streamed("predicted"), mode="stream"
+        ),
+        Baseline("torch best (pinned host)", "torch", "all", _torch_best_pinned, devices=("gpu",)),
+        Baseline("jaxjac vmap-jacrev (pinned host)", "jax", "all", _jaxjac_pinned, devices=("gpu",)),
+        Baseline(
+            "torch best (on device)",
+            "torch",
+            "all",
+            lambda ctx: _hand_written(ctx.net, "all"),
+            mode="resident",
+            devices=("gpu",),
+        ),
+        Baseline(
+            JAXJAC_ON_DEVICE,
+            "jax",
+            "all",
+            _jaxjac_on_device("all", "vmap-jacrev"),
+            mode="resident",
+            devices=("gpu",),
+        ),
         Baseline("jaxjac forward", "jax", "forward", _jaxjac_forward),
         Baseline("jaxjac one VJP", "jax", "vjp", _jaxjac("vjp", "batched-vjp")),
     ]
@@ -173,3 +263,6 @@ BASELINES: dict[str, Baseline] = {
 # jaxjac's default method: the rate every ratio and target is computed from.
 JAXJAC_ALL = "jaxjac vmap-jacrev"
 JAXJAC_PREDICTED = "jaxjac vmap-jacrev (predicted)"
+# What a user runs on a whole dataset: the rate the targets count.
+JAXJAC_STREAMED = "jaxjac.jacobian (streamed)"
+JAXJAC_STREAMED_PREDICTED = "jaxjac.jacobian predicted (streamed)"

@@ -139,7 +139,7 @@ def run_comparison(
                 "seed": seed,
                 **info["paths"],
             }
-            for baseline in baselines:
+            for baseline in (b for b in baselines if device in BASELINES[b].devices):
                 start = time.perf_counter()
                 spec_b = {**spec, "repeats": 1 if BASELINES[baseline].per_sample else repeats}
                 result = run_worker({**spec_b, "baseline": baseline}, workdir, timeout, inprocess)

@@ -16,10 +16,15 @@ from ._interpret import with_default_numpy_rules
 if TYPE_CHECKING:
     from ._model import ConvertedModel
 
-CPU_DEFAULT_BATCH = 256
+CPU_DEFAULT_BATCH = 256  # `jaxjac jacobian` on CPUs
+LIBRARY_CPU_BATCH = 1024  # library calls on CPUs
 _PROBE = 16  # per-device batch of the probe compilation
 _IN_FLIGHT = 4  # result buffers alive per device: the queue, the one computing, the one copying
 _MAX_BATCH = 1 << 16
+# Bytes of one batch's result on the host. glibc serves a larger block with a fresh mmap each
+# time (its mmap threshold stops rising at 32 MiB), and faulting in fresh pages, not the copy,
+# then sets the pace: on an H100 host, batches of 64k full Jacobians ran at half the rate of 8k.
+HOST_BATCH_BYTES = 24 << 20
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +54,34 @@ def round_to_devices(batch_size: int, devices: int) -> int:
     return -(-batch_size // devices) * devices
 
 
+def platform() -> str:
+    """The platform of the default devices: ``"cpu"``, ``"gpu"``, ``"tpu"``..."""
+    return jax.devices()[0].platform
+
+
+_LIBRARY_BATCH: dict[tuple, int] = {}
+
+
+def library_batch_size(model: ConvertedModel, *, target: Any, output: str, method: str, precision: str) -> int:
+    """The batch size of a library call that leaves it out.
+
+    On CPUs `LIBRARY_CPU_BATCH`, since larger batches are no faster there; on
+    accelerators `auto_batch_size`'s choice for a large dataset, found once per
+    model structure and options (its probe compilation takes seconds). Less
+    data then takes a smaller batch (`batch_size_for`). A labels `target`
+    (an array) sizes like ``"predicted"``: one row per sample.
+    """
+    if platform() == "cpu":
+        return LIBRARY_CPU_BATCH
+    target = "predicted" if isinstance(target, np.ndarray) else target
+    key = (model.spec, target, output, method, precision, jax.device_count())
+    if key not in _LIBRARY_BATCH:
+        _LIBRARY_BATCH[key] = auto_batch_size(
+            model, target=target, output=output, method=method, precision=precision, n_rows=1 << 30
+        )
+    return _LIBRARY_BATCH[key]
+
+
 def auto_batch_size(
     model: ConvertedModel, *, target: Any, output: str, method: str, precision: str, n_rows: int
 ) -> int:
@@ -58,7 +91,8 @@ def auto_batch_size(
     (temporaries plus input and output buffers, the outputs counted once per
     result in flight). The budget is 70% of the device's `bytes_limit`; on CPU,
     where there is no such limit, a quarter of the available RAM, capped at 4096
-    per device, since larger CPU batches are no faster.
+    per device, since larger CPU batches are no faster. A batch's results on
+    the host stay within `HOST_BATCH_BYTES` (at least 256 rows per device).
     """
     core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
     labels = isinstance(target, np.ndarray)
@@ -80,6 +114,8 @@ def auto_batch_size(
     else:
         budget, cap = 0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / len(devices), 4096
     per_device = max(int(budget // per_sample), 1)
+    host_rows = HOST_BATCH_BYTES // max(out_bytes / _PROBE, 1) // jax.local_device_count()
+    cap = min(cap, max(int(host_rows), 256))
     need = -(-max(n_rows, 1) // jax.device_count())
     per_device = min(per_device, cap, 1 << max(need - 1, 0).bit_length())
     return (1 << (per_device.bit_length() - 1)) * jax.device_count()

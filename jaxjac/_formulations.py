@@ -200,9 +200,11 @@ FORMULATIONS = {
 
 
 def check_labels(labels: np.ndarray, n: int, n_outputs: int, name: str = "labels") -> np.ndarray:
-    """Validate a label vector: integers, one per sample, each a valid class.
+    """Validate a label vector: integers, one per sample, each a valid class; returned as int32.
 
     Whole-number floats (labels saved as float arrays) are taken as integers.
+    int32 holds any class index and is what JAX computes with unless 64-bit
+    mode is on (recent JAX warns at an int64 argument spec otherwise).
     """
     labels = np.asarray(labels)
     if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
@@ -216,4 +218,4 @@ def check_labels(labels: np.ndarray, n: int, n_outputs: int, name: str = "labels
         raise JaxjacError(
             f"{name}[{bad}] = {int(labels[bad])} is not a class of a model with {n_outputs} outputs (0..{n_outputs - 1})"
         )
-    return labels
+    return labels.astype(np.int32)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from ._arrays import ArrayWriter, array_reader, as_target, batch_labels, batch_size_for, check_samples
+from ._batching import library_batch_size
 from ._errors import JaxjacError
 from ._formulations import (
     DEFAULT_METHOD,
@@ -100,7 +101,7 @@ def jacobian(
     *,
     target: Target = "all",
     output: Output = "logits",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     method: Method = DEFAULT_METHOD,
     precision: str = "float32",
 ) -> np.ndarray:
@@ -115,7 +116,10 @@ def jacobian(
     - `target`: ``"all"``, ``"predicted"``, a class index, or `N` labels.
     - `output`: ``"logits"``, ``"probs"`` or ``"log_probs"``.
     - `batch_size`: samples per compiled call; the last batch is padded, so
-      there is one compilation. Less data takes a smaller batch.
+      there is one compilation. Less data takes a smaller batch. By default
+      1024 on CPUs; on GPUs and TPUs the largest that fits the device's memory
+      while one batch of results stays within 24 MiB on the host (as
+      `jaxjac jacobian --batch-size auto`).
     - `method`, `precision`: see `jacobian_fn`.
 
     **Returns:** a numpy array `(N, K, *sample_shape)` for ``target="all"``,
@@ -128,6 +132,8 @@ def jacobian(
     reader = array_reader(model, x)
     n = reader.n_samples
     labels = check_labels(np.asarray(target), n, model.n_outputs) if kind == "labels" else None
+    if batch_size is None:
+        batch_size = library_batch_size(model, target=target, output=output, method=method, precision=precision)
     out = ArrayWriter(output_shape(model, n, "all" if kind == "all" else "predicted"), model.dtype)
     run_jacobian(
         model,

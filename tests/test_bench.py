@@ -24,7 +24,8 @@ from bench.__main__ import main  # noqa: E402
 from bench.report import TARGETS  # noqa: E402
 
 # torch.compile takes ~30 s on two cores; the full run verifies it like every other baseline.
-FAST = [name for name in bl.BASELINES if "compile" not in name]
+# The on-device rows run on GPUs only.
+FAST = [name for name, b in bl.BASELINES.items() if "compile" not in name and "cpu" in b.devices]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,10 @@ def test_json_and_markdown_sections(report):
     entry = data["models"]["seed-cnn"]
     assert {"jaxjac vmap-jacrev", "jaxjac batched-vjp"} <= set(entry["limit"])
     assert set(entry["precision"]["precisions"]) == {"float32", "tf32", "bfloat16"}
-    assert [t["target"] for t in entry["targets"]] == [t[0] for t in TARGETS]
+    assert [t["target"] for t in entry["targets"]] == [t[0] for t in TARGETS if "cpu" in t[1]]
     assert all(t["status"] in ("PASS", "FAIL") for t in entry["targets"])
+    faster = {bl.JAXJAC_STREAMED, bl.JAXJAC_ALL, bl.JAXJAC_STREAMED_PREDICTED, bl.JAXJAC_PREDICTED}
+    assert {t["jaxjac"] for t in entry["targets"]} <= faster
     for heading in ("| model | baseline |", "## Closeness to the limit", "## Precision", "## Targets"):
         assert heading in md
     for name in FAST:
@@ -106,3 +109,28 @@ def test_a_wrong_baseline_is_reported_not_timed(monkeypatch, tmp_path):
     result = measure(spec)
     assert result["status"] == "mismatch"
     assert "samples_per_s" not in result
+
+
+# torch pins host memory only with CUDA; the rest of the GPU-only rows run the same code on the CPU device.
+GPU_ROWS = [n for n, b in bl.BASELINES.items() if "cpu" not in b.devices and n != "torch best (pinned host)"]
+
+
+@pytest.mark.parametrize("name", GPU_ROWS)
+def test_a_gpu_only_baseline_is_verified_and_timed(tmp_path, name):
+    """The on-device and pinned-host rows run on GPUs only; on the CPU device their code path is the same."""
+    from bench.run import prepare_model
+    from bench.worker import measure
+
+    paths = prepare_model("seed-cnn", tmp_path, "cpu", precision=False)["paths"]
+    spec = {"model": "seed-cnn", "device": "cpu", "n": 16, "batch_size": 8, "loop_n": 4, "repeats": 1, "seed": 0}
+    result = measure({**spec, "baseline": name, **paths})
+    assert result["status"] == "ok" and result["mode"] == bl.BASELINES[name].mode, result
+    assert result["max_rel_err"] <= 1e-4 and result["samples_per_s"] > 0
+
+
+def test_an_end_to_end_run_is_bound_by_the_bound_its_time_comes_closest_to():
+    from bench.io_bound import verdict
+
+    result = verdict(6.4, {"disk": 9.6, "pcie": 6.4, "compute": 2.0})
+    assert result["bound_by"] == "pcie" and result["stream_over_bound"] == 1.0
+    assert result["stream_over_bounds"]["compute"] == 3.2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers import TORCH_DTYPES, assert_close, precision
+from helpers import REDUCED_RTOL, TORCH_DTYPES, assert_close, assert_same_rows, precision
 
 import jaxjac
 
@@ -100,7 +100,7 @@ def test_batch_size_does_not_change_results(data):
     _, x, model = _setup("float32", data)
     whole = jaxjac.jacobian(model, x.numpy(), batch_size=7)
     for batch_size in (1, 3, 5, 100):
-        np.testing.assert_array_equal(jaxjac.jacobian(model, x.numpy(), batch_size=batch_size), whole)
+        assert_same_rows(jaxjac.jacobian(model, x.numpy(), batch_size=batch_size), whole, f"batch_size={batch_size}")
 
 
 def test_jacobian_fn_is_pure_and_jittable(data):
@@ -117,8 +117,11 @@ def test_precision_option_is_accepted(data):
     exact = jaxjac.jacobian(model, x.numpy(), precision="float32")
     for name in ("tf32", "bfloat16", "default"):
         approx = jaxjac.jacobian(model, x.numpy(), precision=name)
-        # On CPU every precision computes in float32; on GPUs they differ.
-        assert_close(approx, exact, "float32", f"precision={name}")
+        if jax.default_backend() == "cpu":  # every precision computes in float32 there
+            assert_close(approx, exact, "float32", f"precision={name}")
+        else:
+            err = np.max(np.abs(approx - exact)) / np.max(np.abs(exact))
+            assert err <= REDUCED_RTOL[name], f"precision={name}: relative error {err:.3g}"
 
 
 def test_empty_dataset(data):

@@ -168,3 +168,19 @@ def test_auto_batch_size_is_a_power_of_two_capped_by_the_data(model):
     assert size == 64
     big = auto_batch_size(model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7)
     assert big & (big - 1) == 0 and 64 <= big <= 4096
+
+
+def test_auto_batch_size_keeps_a_batch_of_results_within_the_host_budget(model, monkeypatch):
+    from jaxjac import _batching
+
+    row_bytes = model.n_outputs * int(np.prod(model.sample_shape)) * np.dtype(model.dtype).itemsize
+    monkeypatch.setattr(_batching, "HOST_BATCH_BYTES", 2048 * row_bytes)
+    size = _batching.auto_batch_size(
+        model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7
+    )
+    assert size == 2048
+    monkeypatch.setattr(_batching, "HOST_BATCH_BYTES", 10 * row_bytes)  # never below 256 rows
+    size = _batching.auto_batch_size(
+        model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7
+    )
+    assert size == 256
