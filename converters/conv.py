@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .products import product_operands
 from .registry import register
 
 _SPATIAL = "HWD"
@@ -58,8 +59,9 @@ def convolution(
     """
     n_spatial = x.ndim - 2
     numbers = _dimension_numbers(n_spatial, channels_last)
+    (x, weight), result = product_operands(x, weight)
     if transposed:
-        y = _transposed(x, weight, stride, padding, dilation, output_padding, groups, numbers)
+        y = _transposed(x, weight, stride, padding, dilation, output_padding, groups, numbers, result)
     else:
         xla = functools.partial(
             lax.conv_general_dilated,
@@ -68,6 +70,7 @@ def convolution(
             rhs_dilation=tuple(dilation),
             dimension_numbers=numbers,
             feature_group_count=groups,
+            preferred_element_type=result,
         )
         tile = None
         if channels_last and n_spatial == 1 and groups == 1:
@@ -77,7 +80,12 @@ def convolution(
             y = xla(x, weight)
         else:
             tiled = functools.partial(
-                tiled_conv1d, stride=stride[0], padding=(padding[0], padding[0]), dilation=dilation[0], tile=tile
+                tiled_conv1d,
+                stride=stride[0],
+                padding=(padding[0], padding[0]),
+                dilation=dilation[0],
+                tile=tile,
+                preferred_element_type=result,
             )
             # XLA's own convolution elsewhere: the tiled form was chosen by timings on CPU only.
             y = lax.platform_dependent(x, weight, cpu=tiled, default=xla)
@@ -159,7 +167,14 @@ def _overhead(tile: int, kernel: int, span: int, stride: int, out: int) -> float
 
 
 def tiled_conv1d(
-    x: jax.Array, weight: jax.Array, *, stride: int, padding: tuple[int, int], dilation: int, tile: int
+    x: jax.Array,
+    weight: jax.Array,
+    *,
+    stride: int,
+    padding: tuple[int, int],
+    dilation: int,
+    tile: int,
+    preferred_element_type: jnp.dtype | None = None,
 ) -> jax.Array:
     """The 1D convolution of channels-last `x` `(N, L, C_in)` computed in tiles of `tile` output positions.
 
@@ -181,7 +196,12 @@ def tiled_conv1d(
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (padding[0], right, 0), (0, 0, 0)])
     x = x.reshape(n, tiles + pieces - 1, step * in_channels)
     y = lax.conv_general_dilated(
-        x, _band(weight, tile, pieces, stride, dilation), (1,), [(0, 0)], dimension_numbers=("NHC", "HIO", "NHC")
+        x,
+        _band(weight, tile, pieces, stride, dilation),
+        (1,),
+        [(0, 0)],
+        dimension_numbers=("NHC", "HIO", "NHC"),
+        preferred_element_type=preferred_element_type,
     )
     return y.reshape(n, tiles * tile, out_channels)[:, :out]
 
@@ -224,6 +244,7 @@ def _transposed(
     output_padding: Sequence[int],
     groups: int,
     numbers: tuple[str, str, str],
+    preferred_element_type: jnp.dtype | None = None,
 ) -> jax.Array:
     """torch's transposed convolution of `x` `(N, C_in, *spatial)`, without bias.
 
@@ -248,4 +269,5 @@ def _transposed(
         rhs_dilation=tuple(dilation),
         dimension_numbers=numbers,
         feature_group_count=groups,
+        preferred_element_type=preferred_element_type,
     )

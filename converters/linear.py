@@ -5,7 +5,8 @@ Products and convolutions take their precision from JAX's
 option chooses it for the whole model: jaxjac's forward and Jacobian functions
 ask for true float32 by default (on GPUs JAX would otherwise use TF32, whose
 10-bit mantissa alone breaks agreement with torch at a relative 1e-4), and
-`precision="tf32"` or `"bfloat16"` trades accuracy for speed knowingly.
+`precision="tf32"` or `"bfloat16"` trades accuracy for speed knowingly
+(bfloat16 rounds the operands here, see `converters/products.py`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from .elementwise import abs_
+from .products import product_operands
 from .registry import register
 
 
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b)
+    (a, b), result = product_operands(a, b)
+    return jnp.matmul(a, b, preferred_element_type=result)
 
 
 def _scaled_sum(bias: jax.Array, product: jax.Array, beta: float, alpha: float) -> jax.Array:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._errors import JaxjacError
 from ._graph import Graph
-from ._graph_model import PRECISIONS, ModelSpec, check_precision
+from ._graph_model import ModelSpec, check_precision, traced_at
 from ._graph_model import sample_fn as _sample_fn
 from ._interpret import with_default_numpy_rules
 
@@ -131,7 +131,7 @@ def _core(graph: Graph, spec: ModelSpec, kind: str, index: int | None, output: s
     @with_default_numpy_rules
     def core(params: dict[str, jax.Array], x: jax.Array, labels: jax.Array | None) -> jax.Array:
         x = jnp.asarray(x, dtype)
-        with jax.default_matmul_precision(PRECISIONS[precision]):
+        with traced_at(precision):
             if kind == "all":
                 return formulation(params, x)
             if kind == "predicted":

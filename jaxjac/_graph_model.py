@@ -9,10 +9,11 @@ Flax at every start (about a third of a second, a few percent of a run);
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +24,14 @@ import numpy as np
 from ._errors import JaxjacError
 from ._graph import Graph
 from ._interpret import check_supported, complex_dtype, run_graph, with_default_numpy_rules
+from .converters.products import bfloat16_operands
 
 SampleFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
 
-# jaxjac's names for the matmul/conv precisions JAX offers. "float32" is true
-# float32; "tf32" and "bfloat16" trade accuracy for speed on GPUs and TPUs;
-# "default" leaves XLA's choice (TF32 on recent NVIDIA GPUs).
+# jaxjac's names for the matmul/conv precisions, as JAX's default_matmul_precision.
+# "float32" is true float32; "tf32" trades accuracy for speed on GPUs and TPUs;
+# "bfloat16" also rounds the operands to bfloat16 itself, on every backend
+# (converters/products.py); "default" leaves XLA's choice (TF32 on recent NVIDIA GPUs).
 PRECISIONS: dict[str, str | None] = {
     "float32": "highest",
     "tf32": "tensorfloat32",
@@ -144,12 +147,20 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+@contextlib.contextmanager
+def traced_at(precision: str) -> Iterator[None]:
+    """Within, matmuls and convolutions are traced at jaxjac precision `precision` (see `PRECISIONS`)."""
+    operands = bfloat16_operands() if precision == "bfloat16" else contextlib.nullcontext()
+    with jax.default_matmul_precision(PRECISIONS[precision]), operands:
+        yield
+
+
 @functools.lru_cache(maxsize=64)
 def with_precision(fn: SampleFn, precision: str) -> SampleFn:
     """`fn` tracing its matmuls and convolutions at jaxjac precision `precision`."""
 
     def at_precision(tensors: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-        with jax.default_matmul_precision(PRECISIONS[precision]):
+        with traced_at(precision):
             return fn(tensors, x)
 
     return at_precision

@@ -57,8 +57,10 @@ def jacobian_fn(
       (softmax) or ``"log_probs"`` (log-softmax).
     - `method`: ``"vmap-jacrev"`` or ``"batched-vjp"``; both give the same numbers.
     - `precision`: matmul and convolution precision: ``"float32"`` (exact,
-      the default), ``"tf32"``, ``"bfloat16"`` or ``"default"`` (XLA's
-      choice, TF32 on recent NVIDIA GPUs). Only accelerators differ.
+      the default), ``"tf32"`` (TF32 on GPUs; float32 on CPUs),
+      ``"bfloat16"`` (operands rounded to bfloat16 and products summed in
+      float32, on every backend; float64 models are not rounded) or
+      ``"default"`` (XLA's choice, TF32 on recent NVIDIA GPUs).
 
     **Returns:** `fn(x)` (or `fn(x, labels)` for a labels target) mapping a
     batch `x` of shape `(N, *sample_shape)` to `(N, K, *sample_shape)` for

@@ -31,7 +31,7 @@ import numpy as np
 from ._errors import JaxjacError
 from ._formulations import DEFAULT_METHOD, FORMULATIONS, nan_unless_valid, output_transform, validate_options
 from ._graph import Graph
-from ._graph_model import PRECISIONS, ModelSpec
+from ._graph_model import ModelSpec, traced_at
 from ._graph_model import sample_fn as _sample_fn
 from ._interpret import with_default_numpy_rules
 
@@ -217,7 +217,7 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
     @with_default_numpy_rules
     def core(params, x, labels, rows, baseline):
         x = jnp.asarray(x, dtype)
-        with jax.default_matmul_precision(PRECISIONS[options.precision]):
+        with traced_at(options.precision):
             outputs = jax.vmap(f, in_axes=(None, 0))(params, x)
             result = attribution(params, x, labels, rows, baseline, outputs)
             if options.target == "label":
@@ -225,7 +225,7 @@ def attribution_and_outputs(graph: Graph, spec: ModelSpec, options: AttributionO
             return result, outputs
 
     def attribution(params, x, labels, rows, baseline, outputs):
-        with jax.default_matmul_precision(PRECISIONS[options.precision]):
+        with traced_at(options.precision):
             if every:
                 select = None
             elif options.target == "predicted":

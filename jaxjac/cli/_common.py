@@ -18,6 +18,17 @@ from .._errors import JaxjacError
 _SHAPE = re.compile(r"^\s*[\(\[]?\s*(\d+\s*(,\s*\d+\s*)*),?\s*[\)\]]?\s*$")
 
 
+def add_precision_flag(group: argparse._ActionsContainer) -> None:
+    """`--precision`, shared by the commands that compile a model."""
+    group.add_argument(
+        "--precision",
+        choices=("float32", "tf32", "bfloat16", "default"),
+        default="float32",
+        help="products and convolutions: float32 (exact, default); tf32 (GPUs' tensor cores); bfloat16 "
+        "(operands rounded, on every backend); default (XLA's choice)",
+    )
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """`'1,224'`, `'224'`, `'(1, 224)'` or `'[1, 224]'` -> `(1, 224)`; an argparse type."""
     match = _SHAPE.match(text)

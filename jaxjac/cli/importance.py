@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .._errors import JaxjacError
-from ._common import load_npy, print_note, refuse_writing_over_inputs, require_new_file, sha256_of
+from ._common import add_precision_flag, load_npy, print_note, refuse_writing_over_inputs, require_new_file, sha256_of
 
 DESCRIPTION = """\
 Rank the features (e.g. spectral bands) of a dataset by how much a converted
@@ -157,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--batch-size", metavar="B", type=_positive, default=256, help="samples per step over all devices (256)"
     )
     how.add_argument("--formulation", choices=("vmap-jacrev", "batched-vjp"), default="vmap-jacrev")
-    how.add_argument("--precision", choices=("float32", "tf32", "bfloat16", "default"), default="float32")
+    add_precision_flag(how)
     how.add_argument("--compile-cache", metavar="DIR|off", help="persistent XLA compilation cache")
     show = p.add_argument_group("files and reporting")
     show.add_argument("--force", action="store_true", help="overwrite existing report and plot files")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .._errors import JaxjacError
-from ._common import load_npy, print_note, refuse_writing_over_inputs, sha256_of
+from ._common import add_precision_flag, load_npy, print_note, refuse_writing_over_inputs, sha256_of
 
 DESCRIPTION = """\
 Compute the input Jacobian of every sample of a dataset with a converted model
@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "of two per device that fits its memory)",
     )
     how.add_argument("--method", choices=("vmap-jacrev", "batched-vjp"), default="vmap-jacrev")
-    how.add_argument("--precision", choices=("float32", "tf32", "bfloat16", "default"), default="float32")
+    add_precision_flag(how)
     how.add_argument(
         "--compile-cache",
         metavar="DIR|off",
