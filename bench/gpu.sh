@@ -19,6 +19,7 @@ cd "$ROOT"
 PY="$(command -v "${PYTHON:-python3}")"
 DEVICE="${BENCH_DEVICE:-gpu}"
 MODELS="${BENCH_MODELS:-seed-cnn}"
+WIDE="${WIDE_MODELS-wide-cnn}"
 WIDE_BASELINES="torch best,torch best + compile,torch best (pinned host),jaxjac vmap-jacrev,jaxjac batched-vjp,jaxjac.jacobian (streamed),\
 torch best (on device),jaxjac vmap-jacrev (on device),jaxjac forward,jaxjac one VJP"
 E2E_N="${E2E_N:-10000000}"
@@ -138,8 +139,7 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
     tail -n 3 "$OUT/gpu-$STAMP-tests-tf32-off.log" "$OUT/gpu-$STAMP-tests-tf32-on.log"
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 && -n "${WIDE_MODELS-wide-cnn}" ]]; then
-    WIDE="${WIDE_MODELS-wide-cnn}"
+if [[ "${SKIP_BENCH:-0}" != 1 && -n "$WIDE" ]]; then
     step "benchmark: python -m bench --device $DEVICE --models $WIDE (the rows the GPU targets need)"
     run "python -m bench --device $DEVICE --models $WIDE" 120 "$PY" -m bench --device "$DEVICE" --models "$WIDE" \
         --timeout 60 --repeats 2 --tag gpu-wide --baselines "$WIDE_BASELINES" ${BENCH_ARGS:-}

@@ -459,11 +459,11 @@ def _exists(path: Path) -> bool:
 def _choose_batch_size(args: argparse.Namespace, job: _Job, n: int) -> int:
     import jax
 
-    from .._batching import CPU_DEFAULT_BATCH, auto_batch_size, round_to_devices
+    from .._batching import CPU_DEFAULT_BATCH, auto_batch_size, platform, round_to_devices
 
     requested = args.batch_size
     if requested is None:
-        requested = CPU_DEFAULT_BATCH if jax.devices()[0].platform == "cpu" else "auto"
+        requested = CPU_DEFAULT_BATCH if platform() == "cpu" else "auto"
     if requested == "auto":
         size = auto_batch_size(
             job.model,
