@@ -1,21 +1,22 @@
-"""Measure the tiled lowering of small-channel 1D convolutions against XLA's own convolution, on CPU.
+"""Measure jaxjac's CPU forms of thin 1D convolutions against XLA's own convolution.
 
 `converters/conv.py` runs a channels-last 1D convolution with few channels
-in a tiled form with fatter channels (`tiled_conv1d`, tile from `conv_tile`)
-and every other one as one `lax.conv_general_dilated`. This probe
-times both forms in one process over `--repeats` rounds, running the two
-forms of a layer or model back to back in random order, so that machine load
-(2 shared cores) affects them alike. It prints the best times and, for the
-models, the median over rounds of the paired ratio, the steadier figure
-under fluctuating load (an unchanged model, wide-cnn, reads 1.00 +- 0.02):
+in a tiled form with fatter channels (`tiled_conv1d`, tile from `conv_tile`),
+one on 1-4 input channels with many outputs as one product over its patches
+(`patches_conv1d`, chosen by `use_patches`), and every other one as one
+`lax.conv_general_dilated`. This probe times the forms in one process over
+`--repeats` rounds, running the forms of a layer or model back to back in
+random order, so that machine load (2 shared cores) affects them alike. It
+prints the best times and, for the models, the median over rounds of the
+paired ratio, the steadier figure under fluctuating load:
 
 - per layer, every convolution shape of the benchmark models (plus a few
-  others): the forward pass on 256 samples plus the input gradient (VJP) on
-  768 cotangents, which is what one batch of `vmap(jacrev)` with 3 outputs
-  asks of a layer;
+  others) in all three forms: the forward pass on 256 samples plus the
+  input gradient (VJP) on 768 cotangents, which is what one batch of
+  `vmap(jacrev)` with 3 outputs asks of a layer;
 - per model, the full per-sample Jacobian (`jaxjac.jacobian_fn`, target
-  all) at batch 256, with the tiled form switched off ("xla") and on
-  ("tiled").
+  all) at batch 256, with XLA's convolution everywhere ("xla") and with
+  the rules' choices ("jaxjac").
 
 Run: `python -m bench.conv_probe` (about 2 minutes on 2 cores), or
 `python -m bench.conv_probe --models inceptiontime --no-layers`.
@@ -56,6 +57,9 @@ LAYERS: dict[str, tuple[int, int, int, int, int, int]] = {
     "other 2->32 k7": (2, 32, 7, 224, 3, 1),
     "other 8->8 k5 s2": (8, 8, 5, 224, 2, 2),
     "other 1->8 k63": (1, 8, 63, 224, 31, 1),
+    "ECG stem 1->64 k15 s2": (1, 64, 15, 224, 7, 2),
+    "other 4->64 k7": (4, 64, 7, 224, 3, 1),
+    "other 1->128 k3": (1, 128, 3, 224, 1, 1),
 }
 
 
@@ -89,15 +93,21 @@ def _paired_ratio(slow: list[float], fast: list[float]) -> float:
     return float(np.median(np.asarray(slow) / np.asarray(fast)))
 
 
-def _layer_fns(spec: tuple[int, ...], tile: int | None, rng: np.random.Generator) -> Callable[[], None]:
-    """Forward on 256 samples then input VJP on 768 cotangents, channels-last; XLA's own form when `tile` is None."""
+def _layer_fns(spec: tuple[int, ...], form: str | int, rng: np.random.Generator) -> Callable[[], None]:
+    """Forward on 256 samples then input VJP on 768 cotangents, channels-last.
+
+    `form` is ``"xla"`` (XLA's own convolution), ``"patches"`` (the product
+    over patches) or a tile size for the tiled form.
+    """
     c_in, c_out, kernel, length, pad, stride = spec
 
     def f(x: jax.Array, w: jax.Array) -> jax.Array:
-        if tile is None:
+        if form == "xla":
             numbers = ("NHC", "OIH", "NHC")
             return lax.conv_general_dilated(x, w, (stride,), [(pad, pad)], dimension_numbers=numbers)
-        return conv.tiled_conv1d(x, w, stride=stride, padding=(pad, pad), dilation=1, tile=tile)
+        if form == "patches":
+            return conv.patches_conv1d(x, w, stride=stride, padding=(pad, pad), dilation=1)
+        return conv.tiled_conv1d(x, w, stride=stride, padding=(pad, pad), dilation=1, tile=form)
 
     w = jnp.asarray(rng.standard_normal((c_out, c_in, kernel)) / np.sqrt(c_in * kernel), jnp.float32)
     x = jnp.asarray(rng.standard_normal((256, length, c_in)), jnp.float32)
@@ -116,26 +126,34 @@ def _layer_fns(spec: tuple[int, ...], tile: int | None, rng: np.random.Generator
 
 def layers(repeats: int) -> None:
     rng = np.random.default_rng(0)
-    fns, tiles = {}, {}
+    fns, rule = {}, {}
     for name, spec in LAYERS.items():
         c_in, c_out, kernel, length, pad, stride = spec
-        tiles[name] = conv.conv_tile(c_in, c_out, kernel, length + 2 * pad, stride, 1)
-        fns[(name, "xla")] = _layer_fns(spec, None, rng)
-        # Layers the rule leaves to XLA are shown tiled too (tile 4), to show why.
-        fns[(name, "tiled")] = _layer_fns(spec, tiles[name] or 4, rng)
+        tile = conv.conv_tile(c_in, c_out, kernel, length + 2 * pad, stride, 1)
+        rule[name] = f"tiled, {tile}" if tile else "patches" if conv.use_patches(c_in, kernel) else "XLA"
+        # Every layer in every form (tile 4 where the rule gives none), to show why the rule chooses.
+        for form in ("xla", "patches", tile or 4):
+            fns[(name, "tiled" if isinstance(form, int) else form)] = _layer_fns(spec, form, rng)
     times = _interleaved(fns, repeats)
     print(f"\n## Layers: forward (256) + input VJP (768), ms, best of {repeats}; load average {_load()}\n")
-    print("| layer | rule's tile | XLA conv ms | tiled ms | XLA / tiled (best) |\n|---|--:|--:|--:|--:|")
+    print(
+        "| layer | rule's form | XLA conv ms | tiled ms | patches ms | XLA / tiled | XLA / patches |\n"
+        "|---|---|--:|--:|--:|--:|--:|"
+    )
     for name in LAYERS:
-        xla, tiled = min(times[(name, "xla")]) * 1e3, min(times[(name, "tiled")]) * 1e3
-        tile = tiles[name] if tiles[name] is not None else "— (XLA's; tiled shown with tile 4)"
-        print(f"| {name} | {tile} | {xla:.2f} | {tiled:.2f} | {xla / tiled:.2f} |")
+        xla, tiled, patches = (min(times[(name, form)]) * 1e3 for form in ("xla", "tiled", "patches"))
+        print(
+            f"| {name} | {rule[name]} | {xla:.2f} | {tiled:.2f} | {patches:.2f} | {xla / tiled:.2f} | {xla / patches:.2f} |"
+        )
 
 
 @contextlib.contextmanager
 def _xla_only() -> Iterator[None]:
     """Every convolution traced inside the block uses XLA's form."""
-    with mock.patch.object(conv, "conv_tile", lambda *args: None):
+    with (
+        mock.patch.object(conv, "conv_tile", lambda *args: None),
+        mock.patch.object(conv, "use_patches", lambda *args: False),
+    ):
         yield
 
 
@@ -152,24 +170,24 @@ def models(names: list[str], repeats: int, batch: int = 256) -> None:
         model = jaxjac.convert(build(name), torch.zeros(1, 1, 224))
         core, tensors = batch_jacobian_core(model)
         results = {}
-        for variant, ctx in (("xla", _xla_only), ("tiled", contextlib.nullcontext)):
+        for variant, ctx in (("xla", _xla_only), ("jaxjac", contextlib.nullcontext)):
             fn = jax.jit(lambda t, x, core=core: core(t, x, None))  # a fresh function: a fresh trace
             with ctx():
                 results[variant] = np.asarray(fn(tensors, x))
             fns[(name, variant)] = lambda fn=fn, t=tensors: fn(t, x).block_until_ready()
         ref = results["xla"]
-        worst[name] = float(np.max(np.abs(results["tiled"] - ref)) / np.max(np.abs(ref)))
+        worst[name] = float(np.max(np.abs(results["jaxjac"] - ref)) / np.max(np.abs(ref)))
     times = _interleaved(fns, repeats)
     print(f"\n## Models: full Jacobian, batch {batch}, samples/s, best of {repeats}; load average {_load()}\n")
     print(
-        "| model | XLA conv | tiled | speed-up (best) | speed-up (median of paired rounds) | max rel. difference |\n"
+        "| model | XLA conv | jaxjac's forms | speed-up (best) | speed-up (median of paired rounds) | max rel. difference |\n"
         "|---|--:|--:|--:|--:|--:|"
     )
     for name in names:
-        slow, fast = times[(name, "xla")], times[(name, "tiled")]
-        xla, tiled = batch / min(slow), batch / min(fast)
+        slow, fast = times[(name, "xla")], times[(name, "jaxjac")]
+        xla, ours = batch / min(slow), batch / min(fast)
         paired = _paired_ratio(slow, fast)
-        print(f"| {name} | {xla:,.0f} | {tiled:,.0f} | {tiled / xla:.2f} | {paired:.2f} | {worst[name]:.1e} |")
+        print(f"| {name} | {xla:,.0f} | {ours:,.0f} | {ours / xla:.2f} | {paired:.2f} | {worst[name]:.1e} |")
 
 
 def main(argv: list[str] | None = None) -> None:

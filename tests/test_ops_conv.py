@@ -17,7 +17,7 @@ from jax import lax
 
 import jaxjac
 from jaxjac.converters import conv
-from jaxjac.converters.conv import conv_tile, tiled_conv1d
+from jaxjac.converters.conv import conv_tile, patches_conv1d, tiled_conv1d, use_patches
 
 DTYPES = ("float32", "float64")
 CHANNELS, LENGTH = 3, 17
@@ -133,7 +133,7 @@ def test_functional(make: Callable[[], nn.Module], dtype: str) -> None:
     assert_converts(make(), SAMPLE, dtype, n=2)
 
 
-# -- the tiled lowering of small-channel 1D convolutions (converters/conv.py) ---
+# -- the CPU forms of thin 1D convolutions (converters/conv.py) -----------------
 #
 # `(in_channels, length, Conv1d options)`: every case takes the tiled path on
 # CPU (`conv_tile` gives a tile), with tiles of several sizes, windows
@@ -153,43 +153,62 @@ TILED = {
 }
 
 
+# `(in_channels, length, Conv1d options)`: every case has more output channels
+# than the tiled form takes, and 1-4 input channels, and so runs as one
+# product over its patches on CPU.
+PATCHES = {
+    "one-channel-k7-out64": (1, 40, dict(out_channels=64, kernel_size=7, padding=3)),
+    "one-channel-k15-stride2": (1, 45, dict(out_channels=48, kernel_size=15, stride=2, padding=7)),
+    "two-channel-k5-dilation2": (2, 30, dict(out_channels=40, kernel_size=5, dilation=2, padding=4, bias=False)),
+    "four-channel-k8-even-same": (4, 23, dict(out_channels=36, kernel_size=8, padding="same")),
+    "k3-stride3-unread-tail": (3, 29, dict(out_channels=33, kernel_size=3, stride=3)),
+    "k5-reflect": (1, 33, dict(out_channels=40, kernel_size=5, padding=2, padding_mode="reflect")),
+}
+
+# form: (the conv.py rule that chooses it, cases for which it must answer yes).
+CPU_FORMS = {"tiled": ("conv_tile", TILED), "patches": ("use_patches", PATCHES)}
+
+
 @pytest.mark.parametrize(
-    ("make", "sample", "dtype"),
+    ("form", "make", "sample", "dtype"),
     [
-        pytest.param(lambda c=c, o=o: nn.Conv1d(c, **o), (c, n), dtype, id=f"{name}-{dtype}")
-        for name, (c, n, o) in TILED.items()
+        pytest.param(form, lambda c=c, o=o: nn.Conv1d(c, **o), (c, n), dtype, id=f"{form}-{name}-{dtype}")
+        for form, (_, cases) in CPU_FORMS.items()
+        for name, (c, n, o) in cases.items()
         for dtype in DTYPES
     ],
 )
-def test_conv1d_tiled(make: Callable[[], nn.Module], sample: tuple[int, int], dtype: str) -> None:
-    tiles = []
+def test_conv1d_cpu_forms(form: str, make: Callable[[], nn.Module], sample: tuple[int, int], dtype: str) -> None:
+    name = CPU_FORMS[form][0]
+    rule, answers = getattr(conv, name), []
 
-    def rule(*shape: int) -> int | None:
-        tiles.append(conv_tile(*shape))
-        return tiles[-1]
+    def recording(*shape: int) -> int | bool | None:
+        answers.append(rule(*shape))
+        return answers[-1]
 
-    with mock.patch.object(conv, "conv_tile", rule):
+    with mock.patch.object(conv, name, recording):
         assert_converts(make(), sample, dtype, n=2)
-    assert tiles and None not in tiles, f"the case should take the tiled path; tiles {tiles}"
+    assert answers and all(a not in (None, False) for a in answers), f"should take the {form} form; {name}: {answers}"
 
 
 # `(C_in, C_out, k, L, stride, dilation, (left, right) padding)`; negative right padding crops.
-TILED_SHAPES = [
-    (1, 8, 7, 50, 1, 1, (3, 3)),
-    (8, 8, 39, 64, 1, 1, (19, 19)),
-    (3, 4, 5, 17, 3, 1, (4, 4)),
-    (3, 4, 4, 17, 2, 2, (3, 3)),
-    (2, 5, 3, 10, 2, 1, (0, 0)),
-    (3, 4, 3, 8, 1, 3, (2, 5)),
-    (2, 3, 3, 12, 1, 1, (1, -2)),
+PATCHES_SHAPES = [
+    (1, 64, 7, 50, 1, 1, (3, 3)),
+    (1, 40, 15, 61, 2, 1, (7, 7)),
+    (4, 36, 8, 23, 1, 1, (3, 4)),
+    (2, 34, 5, 30, 3, 2, (0, 0)),
+    (3, 40, 3, 12, 1, 1, (1, -2)),
 ]
-TILED_RTOL = {"float32": 1e-5, "float64": 1e-12}
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", TILED_SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + f"-pad{s[6][0]}_{s[6][1]}")
-def test_tiled_conv1d_equals_xla_conv(shape: tuple, dtype: str) -> None:
-    """Every tile size, forward and input gradient, against `lax.conv_general_dilated` to rounding."""
+FORM_RTOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def assert_equals_xla_conv(shape: tuple, dtype: str, forms: Callable[..., dict[str, Callable]]) -> None:
+    """Each of `forms(w, stride, padding, dilation)`, forward and input gradient, against XLA's convolution to rounding.
+
+    `shape` is `(C_in, C_out, k, L, stride, dilation, (left, right) padding)`.
+    """
     c_in, c_out, kernel, length, stride, dilation, padding = shape
     rng = np.random.default_rng(0)
     with precision(dtype):
@@ -204,17 +223,79 @@ def test_tiled_conv1d_equals_xla_conv(shape: tuple, dtype: str) -> None:
         expected, vjp = jax.vjp(xla, x)
         cotangent = jnp.asarray(rng.standard_normal(expected.shape), dtype)
         (expected_grad,) = vjp(cotangent)
-        for tile in (1, 2, 3, 4, 8, 64):
-            tiled = jax.jit(
-                lambda x, tile=tile: tiled_conv1d(x, w, stride=stride, padding=padding, dilation=dilation, tile=tile)
-            )
-            actual, vjp = jax.vjp(tiled, x)
+        for name, form in forms(w, stride, padding, dilation).items():
+            actual, vjp = jax.vjp(jax.jit(form), x)
             (grad,) = vjp(cotangent)
             assert actual.dtype == expected.dtype
             for a, e, what in ((actual, expected, "values"), (grad, expected_grad, "input gradient")):
-                assert a.shape == e.shape, f"tile {tile}: {what} shape {a.shape} != {e.shape}"
+                assert a.shape == e.shape, f"{name}: {what} shape {a.shape} != {e.shape}"
                 err = float(np.max(np.abs(np.asarray(a) - np.asarray(e))) / np.max(np.abs(np.asarray(e))))
-                assert err <= TILED_RTOL[dtype], f"tile {tile}: {what} relative error {err:.3g} ({dtype})"
+                assert err <= FORM_RTOL[dtype], f"{name}: {what} relative error {err:.3g} ({dtype})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", PATCHES_SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + f"-pad{s[6][0]}_{s[6][1]}")
+def test_patches_conv1d_equals_xla_conv(shape: tuple, dtype: str) -> None:
+    assert_equals_xla_conv(
+        shape,
+        dtype,
+        lambda w, stride, padding, dilation: {
+            "patches": lambda x: patches_conv1d(x, w, stride=stride, padding=padding, dilation=dilation)
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((1, 7), True),  # Conv1d(1, 64, 7): wide-cnn's first layer
+        ((1, 15), True),
+        ((4, 8), True),
+        ((2, 16), True),
+        ((1, 33), False),  # a longer contraction is not thin
+        ((8, 3), False),  # more input channels
+        ((1, 1), False),  # pointwise layers stay XLA's
+        ((32, 1), False),
+    ],
+)
+def test_use_patches_rule(shape: tuple[int, int], expected: bool) -> None:
+    assert use_patches(*shape) == expected
+
+
+def test_patches_conv_reaches_the_compiled_program() -> None:
+    """On CPU a thin convolution compiles to a matrix product, with no convolution or conditional left."""
+    model = jaxjac.convert(nn.Conv1d(1, 64, 7, padding=3).eval(), torch.zeros(1, 1, 32), check=False)
+    hlo = jax.jit(model.__call__).lower(jnp.zeros((2, 1, 32))).compile().as_text()
+    assert " convolution(" not in hlo
+    assert "conditional" not in hlo
+
+
+# `(C_in, C_out, k, L, stride, dilation, (left, right) padding)`; negative right padding crops.
+TILED_SHAPES = [
+    (1, 8, 7, 50, 1, 1, (3, 3)),
+    (8, 8, 39, 64, 1, 1, (19, 19)),
+    (3, 4, 5, 17, 3, 1, (4, 4)),
+    (3, 4, 4, 17, 2, 2, (3, 3)),
+    (2, 5, 3, 10, 2, 1, (0, 0)),
+    (3, 4, 3, 8, 1, 3, (2, 5)),
+    (2, 3, 3, 12, 1, 1, (1, -2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + f"-pad{s[6][0]}_{s[6][1]}")
+def test_tiled_conv1d_equals_xla_conv(shape: tuple, dtype: str) -> None:
+    """Every tile size."""
+    assert_equals_xla_conv(
+        shape,
+        dtype,
+        lambda w, stride, padding, dilation: {
+            f"tile {tile}": lambda x, tile=tile: tiled_conv1d(
+                x, w, stride=stride, padding=padding, dilation=dilation, tile=tile
+            )
+            for tile in (1, 2, 3, 4, 8, 64)
+        },
+    )
 
 
 @pytest.mark.parametrize(
