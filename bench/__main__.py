@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .baselines import BASELINES
 from .models import MODELS
-from .run import DEFAULT_BATCH, PRECISION_MODELS, run_comparison
+from .run import DEFAULT_BATCHES, PRECISION_MODELS, run_comparison
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,7 +21,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated; default: all")
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated; default: all")
     p.add_argument("--n", type=int, default=None, help="samples per timed pass (default: per model and device)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 256 on cpu, 8192 on gpu")
+    p.add_argument(
+        "--batch-size",
+        type=_sizes,
+        default=None,
+        metavar="B[,B...]",
+        help="batch sizes every batched baseline is timed at, its fastest reported (default: 32,64,256 on cpu, "
+        "8192 on gpu; the scaling curve uses the largest)",
+    )
     p.add_argument("--loop-n", type=int, default=200, help="samples for the seed's per-sample loop")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts")
     p.add_argument("--precision-models", default=",".join(PRECISION_MODELS), help="'' to skip the precision study")
@@ -34,6 +41,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width-n", type=int, default=None, help="samples per point of the width curve")
     p.add_argument("--widths", default="1,2,4,8,16", help="channel multipliers of the width curve")
     return p.parse_args(argv)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas; got {text!r}")
+    return sizes
 
 
 def _names(text: str, known: dict, what: str) -> list[str]:
@@ -54,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     stem = f"{__import__('datetime').date.today().isoformat()}-{slug(info)}{'-' + args.tag if args.tag else ''}"
-    batch = args.batch_size or DEFAULT_BATCH[args.device]
+    sizes = args.batch_size or DEFAULT_BATCHES[args.device]
+    batch = max(sizes)
     if args.scaling:
         from .scaling import plot, scaling
 
@@ -70,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     models = _names(args.models, MODELS, "model")
     baselines = _names(args.baselines, BASELINES, "baseline")
     precision_models = [m for m in _names(args.precision_models, MODELS, "model") if m in models]
-    settings = {"n": args.n or "per model", "batch_size": batch, "loop_n": args.loop_n, "repeats": args.repeats}
+    settings = {
+        "n": args.n or "per model",
+        "batch_sizes": ",".join(map(str, sizes)),
+        "loop_n": args.loop_n,
+        "repeats": args.repeats,
+    }
     results = run_comparison(
         models,
         baselines,
         device=args.device,
         n=args.n,
-        batch_size=batch,
+        batch_sizes=sizes,
         loop_n=args.loop_n,
         repeats=args.repeats,
         precision_models=precision_models,

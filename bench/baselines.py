@@ -123,7 +123,10 @@ def _torch_compiled(target: str) -> Callable[[Context], Run]:
     def make(ctx: Context) -> Run:
         import torch
 
-        return _on_host(ctx, _hand_written(torch.compile(ctx.net), target))
+        # Static shapes: one compilation per batch size, as a single-size run would make. After a
+        # second size, dynamo would otherwise switch to dynamic shapes, whose compiled backward
+        # donates buffers and so refuses the `retain_graph=True` of one gradient per class.
+        return _on_host(ctx, _hand_written(torch.compile(ctx.net, dynamic=False), target))
 
     return make
 
@@ -209,7 +212,7 @@ def _jaxjac_streamed(target: str) -> Callable[[Context], Run]:
     def make(ctx: Context) -> Run:
         import jaxjac
 
-        return lambda x: jaxjac.jacobian(ctx.model, x, target=target, batch_size=ctx.batch_size)
+        return lambda x: jaxjac.jacobian(ctx.model, x, target=target)  # the library's own batch size
 
     return make
 

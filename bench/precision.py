@@ -4,8 +4,9 @@ The reference is the same model converted in float64 and run with 64-bit JAX;
 the error of a precision is `max|J - J64| / max|J64|` over the first rows, and
 the median over those rows of `||J_i - J64_i|| / ||J64_i||`: the max catches a
 row whose max-pool or ReLU choice flipped, the median shows the typical row.
-On CPUs every precision computes in float32, so the rows agree; on GPUs TF32
-and bfloat16 trade accuracy for speed.
+On CPUs TF32 computes as float32 does; bfloat16 rounds the operands of every
+product and convolution on every backend; on GPUs TF32 and bfloat16 trade
+accuracy for speed. One batch size serves: the spec's largest.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     import jaxjac
 
-    from .worker import dataset, relative_error
+    from .worker import batch_sizes, dataset, relative_error
 
-    n, batch = spec["n"], spec["batch_size"]
+    n, batch = spec["n"], max(batch_sizes(spec))
     x = dataset(max(n, batch), spec["seed"])
     rows = min(ERROR_ROWS, batch)
     with jax.enable_x64(True):

@@ -166,6 +166,15 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _batch(baseline: str, result: dict[str, Any]) -> str:
+    """The batch size a row ran at: its fastest, "auto" for a library call, 1 for the per-sample loop."""
+    if BASELINES[baseline].per_sample:
+        return "1"
+    if BASELINES[baseline].mode == "stream":
+        return "auto"
+    return str(result.get("batch_size", "—"))
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -177,21 +186,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"Settings: {', '.join(f'{k}={v}' for k, v in report['settings'].items())}.",
         "",
         "jaxjac × = jaxjac's default method (vmap-jacrev) for the same target and data placement divided by "
-        "the row's rate. Rows marked (streamed) are one `jaxjac.jacobian(model, X)` call on the whole host array; "
-        "(on device) rows take inputs already on the GPU and leave results there.",
+        "the row's rate. Rows marked (streamed) are one `jaxjac.jacobian(model, X)` call on the whole host array, "
+        "at the library's own batch size; (on device) rows take inputs already on the GPU and leave results there. "
+        "Every other batched row ran at each of the settings' batch sizes; it shows its fastest, and the batch "
+        "size that gave it.",
         "",
-        "| model | baseline | target | samples/s | jaxjac × | compile s | peak RSS MB | device peak MB | max rel err |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|",
+        "| model | baseline | target | batch | samples/s | jaxjac × | compile s | peak RSS MB | device peak MB "
+        "| max rel err |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, entry in report["models"].items():
         for baseline, r in entry["baselines"].items():
             if r.get("status") != "ok":
                 reason = r.get("reason", "").replace("|", "/")
-                lines.append(f"| {name} | {baseline} | {r.get('target', '')} | n/a: {reason} | | | | | |")
+                lines.append(f"| {name} | {baseline} | {r.get('target', '')} | | n/a: {reason} | | | | | |")
                 continue
             note = " †" if r.get("note") else ""
             lines.append(
-                f"| {name} | {baseline}{note} | {r['target']} | {_fmt(r['samples_per_s'])} | "
+                f"| {name} | {baseline}{note} | {r['target']} | {_batch(baseline, r)} | {_fmt(r['samples_per_s'])} | "
                 f"{_fmt(r.get('jaxjac_ratio'), 2)} | {_fmt(r['compile_s'], 1)} | {_fmt(r['peak_rss_mb'])} | "
                 f"{_fmt(r.get('device_peak_mb'))} | {r['max_rel_err']:.1e} |"
             )

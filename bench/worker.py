@@ -54,6 +54,7 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def build_context(spec: dict[str, Any], backend: str) -> Context:
+    """The baseline's torch net or jaxjac model, on the spec's device, at its first batch size."""
     if backend == "torch":
         import torch
 
@@ -63,10 +64,15 @@ def build_context(spec: dict[str, Any], backend: str) -> Context:
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         net = build(spec["model"]).to("cuda" if spec["device"] == "gpu" else "cpu")
-        return Context(spec["device"], spec["batch_size"], net=net)
+        return Context(spec["device"], batch_sizes(spec)[0], net=net)
     import jaxjac
 
-    return Context(spec["device"], spec["batch_size"], model=jaxjac.load(spec["artifact"]))
+    return Context(spec["device"], batch_sizes(spec)[0], model=jaxjac.load(spec["artifact"]))
+
+
+def batch_sizes(spec: dict[str, Any]) -> list[int]:
+    """The batch sizes a spec asks to time, smallest first."""
+    return sorted(spec["batch_sizes"])
 
 
 def to_device(backend: str, device: str, x: np.ndarray) -> Any:
@@ -112,13 +118,38 @@ def device_peak_mb(backend: str, device: str) -> float | None:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Verify, then time one baseline; see `bench/README.md` for the definitions."""
+    """Verify, then time one baseline at each of the spec's batch sizes; see `bench/README.md`.
+
+    The result is the fastest batch size's, with `batch_size` naming it and
+    `rates_by_batch` giving every size's rate. Per-sample baselines and
+    whole-dataset calls (which choose their own batches) run once.
+    """
     baseline = BASELINES[spec["baseline"]]
-    batch = spec["batch_size"]
-    n = spec["loop_n"] if baseline.per_sample else spec["n"]
-    first_rows = VERIFY_ROWS if baseline.per_sample else batch
-    x = dataset(max(n, first_rows), spec["seed"])
+    sizes = batch_sizes(spec)
+    if baseline.per_sample or baseline.mode == "stream":
+        sizes = sizes[:1]
     ctx = build_context(spec, baseline.backend)
+    results = {}
+    for batch in sizes:
+        ctx.batch_size = batch
+        results[batch] = _measure_at(spec, baseline, ctx)
+        if results[batch]["status"] != "ok":
+            return results[batch]
+    best = max(results, key=lambda b: results[b]["samples_per_s"])
+    result = {**results[best], "peak_rss_mb": max_rss_mb()}
+    if not (baseline.per_sample or baseline.mode == "stream"):
+        result["batch_size"] = best
+        result["rates_by_batch"] = {str(b): r["samples_per_s"] for b, r in results.items()}
+    return result
+
+
+def _measure_at(spec: dict[str, Any], baseline: Any, ctx: Context) -> dict[str, Any]:
+    """Verify, then time `baseline` at `ctx.batch_size` rows per call."""
+    batch = ctx.batch_size
+    n = spec["loop_n"] if baseline.per_sample else spec["n"]
+    # A whole-dataset call warms up on all of it, so as to compile the batch size it will use.
+    first_rows = VERIFY_ROWS if baseline.per_sample else n if baseline.mode == "stream" else batch
+    x = dataset(max(n, first_rows), spec["seed"])
     run = baseline.make(ctx)
     rss_setup = max_rss_mb()
 

@@ -16,8 +16,6 @@ from ._interpret import with_default_numpy_rules
 if TYPE_CHECKING:
     from ._model import ConvertedModel
 
-CPU_DEFAULT_BATCH = 256  # `jaxjac jacobian` on CPUs
-LIBRARY_CPU_BATCH = 1024  # library calls on CPUs
 _PROBE = 16  # per-device batch of the probe compilation
 _IN_FLIGHT = 4  # result buffers alive per device: the queue, the one computing, the one copying
 _MAX_BATCH = 1 << 16
@@ -25,6 +23,13 @@ _MAX_BATCH = 1 << 16
 # time (its mmap threshold stops rising at 32 MiB), and faulting in fresh pages, not the copy,
 # then sets the pace: on an H100 host, batches of 64k full Jacobians ran at half the rate of 8k.
 HOST_BATCH_BYTES = 24 << 20
+# A CPU batch's working set (the program's temporaries) that keeps whole Jacobians fast. On a
+# 2-core Xeon, for the four benchmark models and both targets, batches of 16 to 512 rows ran
+# fastest at or just below it and up to 1.5x slower above it (wide-cnn: 2,751 samples/s at 64
+# rows, 27 MiB; 1,918 at 128, 54 MiB), while 256 rows for every model cost up to a third.
+CPU_BATCH_BYTES = 32 << 20
+CPU_BATCH_RANGE = (8, 512)
+_CPU_PROBE = 64  # CPU programs' temporaries per sample, measured at 16 rows, run 3-8% high
 
 
 def default_cache_dir() -> Path:
@@ -63,18 +68,15 @@ _LIBRARY_BATCH: dict[tuple, int] = {}
 
 
 def library_batch_size(model: ConvertedModel, *, target: Any, output: str, method: str, precision: str) -> int:
-    """The batch size of a library call that leaves it out.
+    """The batch size of a library call that leaves it out: `auto_batch_size`'s choice for a large dataset.
 
-    On CPUs `LIBRARY_CPU_BATCH`, since larger batches are no faster there; on
-    accelerators `auto_batch_size`'s choice for a large dataset, found once per
-    model structure and options (its probe compilation takes seconds). Less
-    data then takes a smaller batch (`batch_size_for`). A labels `target`
-    (an array) sizes like ``"predicted"``: one row per sample.
+    Found once per model structure and options (its probe compilation takes
+    a second or more). Less data then takes a smaller batch
+    (`batch_size_for`). A labels `target` (an array) sizes like
+    ``"predicted"``: one row per sample.
     """
-    if platform() == "cpu":
-        return LIBRARY_CPU_BATCH
     target = "predicted" if isinstance(target, np.ndarray) else target
-    key = (model.spec, target, output, method, precision, jax.device_count())
+    key = (model.spec, target, output, method, precision, jax.device_count(), platform())
     if key not in _LIBRARY_BATCH:
         _LIBRARY_BATCH[key] = auto_batch_size(
             model, target=target, output=output, method=method, precision=precision, n_rows=1 << 30
@@ -82,22 +84,35 @@ def library_batch_size(model: ConvertedModel, *, target: Any, output: str, metho
     return _LIBRARY_BATCH[key]
 
 
+def memory_limit(device: jax.Device) -> int | None:
+    """The bytes of memory `device` may allocate, or `None` where there is no such limit (CPUs)."""
+    return (device.memory_stats() or {}).get("bytes_limit")
+
+
 def auto_batch_size(
     model: ConvertedModel, *, target: Any, output: str, method: str, precision: str, n_rows: int
 ) -> int:
-    """The largest power of two per device that fits memory, times the device count.
+    """A power of two per device, times the device count, sized from a probe compilation's memory analysis.
 
-    The per-sample cost comes from XLA's memory analysis of a probe compilation
-    (temporaries plus input and output buffers, the outputs counted once per
-    result in flight). The budget is 70% of the device's `bytes_limit`; on CPU,
-    where there is no such limit, a quarter of the available RAM, capped at 4096
-    per device, since larger CPU batches are no faster. A batch's results on
-    the host stay within `HOST_BATCH_BYTES` (at least 256 rows per device).
+    On accelerators: the largest that fits memory. The per-sample cost is
+    the temporaries plus input and output buffers, the outputs counted once
+    per result in flight, and the budget 70% of the device's `bytes_limit`.
+    A batch's results on the host stay within `HOST_BATCH_BYTES` (at least
+    256 rows per device).
+
+    On CPUs: the largest whose temporaries stay within `CPU_BATCH_BYTES`
+    (shared by the host's devices), within `CPU_BATCH_RANGE`, since larger
+    batches run slower once their working set leaves the caches.
+
+    Never more rows per device than `n_rows` needs (rounded up to a power of two).
     """
     core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
+    devices = jax.local_devices()
+    limit = memory_limit(devices[0])
+    probe = _PROBE if limit else _CPU_PROBE
     labels = isinstance(target, np.ndarray)
-    x = jax.ShapeDtypeStruct((_PROBE, *model.sample_shape), model.dtype)
-    lab = jax.ShapeDtypeStruct((_PROBE,), np.int32) if labels else None
+    x = jax.ShapeDtypeStruct((probe, *model.sample_shape), model.dtype)
+    lab = jax.ShapeDtypeStruct((probe,), np.int32) if labels else None
 
     def fn(t, x, lab):
         return core(t, x, lab)
@@ -105,17 +120,18 @@ def auto_batch_size(
     stats = jax.jit(with_default_numpy_rules(fn)).lower(tensors, x, lab).compile().memory_analysis()
     tensor_bytes = sum(np.asarray(v).nbytes for v in tensors.values())
     out_bytes = stats.output_size_in_bytes if stats else 0
-    per_sample = max((stats.temp_size_in_bytes + stats.argument_size_in_bytes - tensor_bytes) if stats else 0, 0)
-    per_sample = (per_sample + out_bytes * _IN_FLIGHT) / _PROBE or 1.0
-    devices = jax.local_devices()
-    limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+    temp_bytes = stats.temp_size_in_bytes if stats else 0
     if limit:
-        budget, cap = 0.7 * limit - tensor_bytes, _MAX_BATCH
+        per_sample = max((temp_bytes + stats.argument_size_in_bytes - tensor_bytes) if stats else 0, 0)
+        per_sample = (per_sample + out_bytes * _IN_FLIGHT) / probe or 1.0
+        per_device = max(int((0.7 * limit - tensor_bytes) // per_sample), 1)
+        host_rows = HOST_BATCH_BYTES // max(out_bytes / probe, 1) // jax.local_device_count()
+        per_device = min(per_device, _MAX_BATCH, max(int(host_rows), 256))
     else:
-        budget, cap = 0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / len(devices), 4096
-    per_device = max(int(budget // per_sample), 1)
-    host_rows = HOST_BATCH_BYTES // max(out_bytes / _PROBE, 1) // jax.local_device_count()
-    cap = min(cap, max(int(host_rows), 256))
+        low, high = CPU_BATCH_RANGE
+        # Devices of one host share its caches.
+        budget = CPU_BATCH_BYTES / len(devices)
+        per_device = min(max(int(budget // max(temp_bytes / probe, 1.0)), low), high)
     need = -(-max(n_rows, 1) // jax.device_count())
-    per_device = min(per_device, cap, 1 << max(need - 1, 0).bit_length())
+    per_device = min(per_device, 1 << max(need - 1, 0).bit_length())
     return (1 << (per_device.bit_length() - 1)) * jax.device_count()

@@ -119,9 +119,10 @@ def jacobian(
     - `output`: ``"logits"``, ``"probs"`` or ``"log_probs"``.
     - `batch_size`: samples per compiled call; the last batch is padded, so
       there is one compilation. Less data takes a smaller batch. By default
-      1024 on CPUs; on GPUs and TPUs the largest that fits the device's memory
-      while one batch of results stays within 24 MiB on the host (as
-      `jaxjac jacobian --batch-size auto`).
+      as `jaxjac jacobian --batch-size auto`: on GPUs and TPUs the largest
+      that fits the device's memory while one batch of results stays within
+      24 MiB on the host; on CPUs the largest whose working set stays within
+      32 MiB, so in cache (8 to 512 rows).
     - `method`, `precision`: see `jacobian_fn`.
 
     **Returns:** a numpy array `(N, K, *sample_shape)` for ``target="all"``,

@@ -256,20 +256,25 @@ def test_strict_jax_settings_of_the_caller_do_not_break_the_lowerings(x):
         np.testing.assert_allclose(strict[name], np.asarray(call()), rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def test_the_default_batch_size_is_1024_on_cpu_and_sized_to_the_device_elsewhere(pair, x, monkeypatch):
+def test_the_default_batch_size_is_the_auto_size_found_once_per_model_and_options(pair, x, monkeypatch):
     from jaxjac import _batching, _jacobian
 
     _, model = pair
-    sizes = []
+    monkeypatch.setattr(_batching, "_LIBRARY_BATCH", {})  # earlier tests may have sized this model
+    sizes, probes = [], []
     real = _jacobian.run_jacobian
     monkeypatch.setattr(_jacobian, "run_jacobian", lambda *a, **k: sizes.append(k["batch_size"]) or real(*a, **k))
+    auto = _batching.auto_batch_size
+    monkeypatch.setattr(_batching, "auto_batch_size", lambda *a, **k: probes.append(k["target"]) or auto(*a, **k))
     many = np.repeat(x, 400, axis=0)  # 2000 rows
-    jaxjac.jacobian(model, many, target="predicted")
-    assert sizes == [1024]
-    probes = []
-    monkeypatch.setattr(_batching, "platform", lambda: "gpu")
-    monkeypatch.setattr(_batching, "auto_batch_size", lambda *a, **k: probes.append(k["target"]) or 512)
     labels = np.zeros(len(many), np.int64)
     for _ in range(2):
+        jaxjac.jacobian(model, many, target="predicted")
         jaxjac.jacobian(model, many, target=labels)
-    assert sizes[1:] == [512, 512] and probes == ["predicted"]  # one probe per model and options
+    expected = auto(model, target="predicted", output="logits", method="vmap-jacrev", precision="float32", n_rows=2000)
+    # One probe per model and options: labels size like "predicted".
+    assert sizes == [expected] * 4 and probes == ["predicted"]
+    monkeypatch.setattr(_batching, "platform", lambda: "gpu")  # another platform, another probe
+    monkeypatch.setattr(_batching, "auto_batch_size", lambda *a, **k: probes.append(k["target"]) or 512)
+    jaxjac.jacobian(model, many, target=labels)
+    assert sizes[-1] == 512 and probes == ["predicted", "predicted"]

@@ -39,7 +39,7 @@ def report(tmp_path_factory):
         "--n",
         "64",
         "--batch-size",
-        "32",
+        "16,32",
         "--loop-n",
         "4",
         "--repeats",
@@ -66,6 +66,20 @@ def test_every_baseline_ran_and_agrees_with_jaxjac(report):
         assert r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["compile_s"] >= 0, name
         if r["target"] in ("all", "predicted"):
             assert r["jaxjac_ratio"] > 0, name
+
+
+def test_every_batched_baseline_is_timed_at_each_batch_size_and_reported_at_its_fastest(report):
+    data, md = report
+    for name, r in data["models"]["seed-cnn"]["baselines"].items():
+        baseline = bl.BASELINES[name]
+        if baseline.per_sample or baseline.mode == "stream":  # a loop of samples; the library's own batches
+            assert "rates_by_batch" not in r, name
+            continue
+        rates = r["rates_by_batch"]
+        assert set(rates) == {"16", "32"}, name
+        assert rates[str(r["batch_size"])] == r["samples_per_s"] == max(rates.values()), name
+        assert f"| seed-cnn | {name} | {r['target']} | {r['batch_size']} |" in md
+    assert "| seed-cnn | jaxjac.jacobian (streamed) | all | auto |" in md
 
 
 def test_json_and_markdown_sections(report):
@@ -99,7 +113,7 @@ def test_a_wrong_baseline_is_reported_not_timed(monkeypatch, tmp_path):
         "model": "seed-cnn",
         "device": "cpu",
         "n": 8,
-        "batch_size": 8,
+        "batch_sizes": [8],
         "loop_n": 4,
         "repeats": 1,
         "seed": 0,
@@ -122,7 +136,7 @@ def test_a_gpu_only_baseline_is_verified_and_timed(tmp_path, name):
     from bench.worker import measure
 
     paths = prepare_model("seed-cnn", tmp_path, "cpu", precision=False)["paths"]
-    spec = {"model": "seed-cnn", "device": "cpu", "n": 16, "batch_size": 8, "loop_n": 4, "repeats": 1, "seed": 0}
+    spec = {"model": "seed-cnn", "device": "cpu", "n": 16, "batch_sizes": [8], "loop_n": 4, "repeats": 1, "seed": 0}
     result = measure({**spec, "baseline": name, **paths})
     assert result["status"] == "ok" and result["mode"] == bl.BASELINES[name].mode, result
     assert result["max_rel_err"] <= 1e-4 and result["samples_per_s"] > 0

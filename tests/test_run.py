@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
@@ -161,26 +162,53 @@ def test_batch_size_must_split_over_devices(model, tmp_path):
         run_jacobian(model, reader, None, batch_size=0)
 
 
-def test_auto_batch_size_is_a_power_of_two_capped_by_the_data(model):
+def _auto(model, n_rows: int = 10**7, target: str = "all") -> int:
     from jaxjac._batching import auto_batch_size
 
-    size = auto_batch_size(model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=37)
-    assert size == 64
-    big = auto_batch_size(model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7)
-    assert big & (big - 1) == 0 and 64 <= big <= 4096
+    return auto_batch_size(
+        model, target=target, output="logits", method="vmap-jacrev", precision="float32", n_rows=n_rows
+    )
 
 
-def test_auto_batch_size_keeps_a_batch_of_results_within_the_host_budget(model, monkeypatch):
+def _temp_bytes(model, batch: int, target: str = "all") -> int:
+    """The temporaries of the compiled batch program at `batch` rows."""
+    from jaxjac._formulations import batch_jacobian_core
+
+    core, tensors = batch_jacobian_core(
+        model, target=target, output="logits", method="vmap-jacrev", precision="float32"
+    )
+    x = jax.ShapeDtypeStruct((batch, *model.sample_shape), model.dtype)
+    compiled = jax.jit(lambda t, x: core(t, x, None)).lower(tensors, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_auto_batch_size_is_a_power_of_two_capped_by_the_data(model):
+    assert _auto(model, n_rows=37) == 64
+    big = _auto(model)
+    assert big & (big - 1) == 0 and 8 <= big <= 1024
+
+
+@pytest.mark.parametrize("target", ["all", "predicted"])
+def test_auto_batch_size_on_cpu_keeps_the_working_set_within_the_cache_budget(model, monkeypatch, target):
     from jaxjac import _batching
 
+    budget = 3 * _temp_bytes(model, 64, target)  # room for 128 rows, not for 256
+    monkeypatch.setattr(_batching, "CPU_BATCH_BYTES", budget)
+    size = _auto(model, target=target)
+    assert size == 128
+    assert _temp_bytes(model, size, target) <= budget < _temp_bytes(model, 2 * size, target)
+    monkeypatch.setattr(_batching, "CPU_BATCH_BYTES", 1)
+    assert _auto(model, target=target) == _batching.CPU_BATCH_RANGE[0]
+    monkeypatch.setattr(_batching, "CPU_BATCH_BYTES", 1 << 40)
+    assert _auto(model, target=target) == _batching.CPU_BATCH_RANGE[1]
+
+
+def test_auto_batch_size_on_accelerators_keeps_a_batch_of_results_within_the_host_budget(model, monkeypatch):
+    from jaxjac import _batching
+
+    monkeypatch.setattr(_batching, "memory_limit", lambda device: 16 << 30)  # as a 16 GiB accelerator
     row_bytes = model.n_outputs * int(np.prod(model.sample_shape)) * np.dtype(model.dtype).itemsize
     monkeypatch.setattr(_batching, "HOST_BATCH_BYTES", 2048 * row_bytes)
-    size = _batching.auto_batch_size(
-        model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7
-    )
-    assert size == 2048
+    assert _auto(model) == 2048
     monkeypatch.setattr(_batching, "HOST_BATCH_BYTES", 10 * row_bytes)  # never below 256 rows
-    size = _batching.auto_batch_size(
-        model, target="all", output="logits", method="vmap-jacrev", precision="float32", n_rows=10**7
-    )
-    assert size == 256
+    assert _auto(model) == 256

@@ -102,8 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--batch-size",
         type=_batch_size,
         metavar="N|auto",
-        help="samples per step over all devices (default 256 on CPU, auto on accelerators: the largest power "
-        "of two per device that fits its memory)",
+        help="samples per step over all devices (default auto: a power of two per device, on accelerators the "
+        "largest that fits its memory, on CPUs the largest whose working set stays within 32 MiB of cache)",
     )
     how.add_argument("--method", choices=("vmap-jacrev", "batched-vjp"), default="vmap-jacrev")
     add_precision_flag(how)
@@ -459,12 +459,10 @@ def _exists(path: Path) -> bool:
 def _choose_batch_size(args: argparse.Namespace, job: _Job, n: int) -> int:
     import jax
 
-    from .._batching import CPU_DEFAULT_BATCH, auto_batch_size, platform, round_to_devices
+    from .._batching import auto_batch_size, round_to_devices
 
     requested = args.batch_size
-    if requested is None:
-        requested = CPU_DEFAULT_BATCH if platform() == "cpu" else "auto"
-    if requested == "auto":
+    if requested in (None, "auto"):
         size = auto_batch_size(
             job.model,
             target=job.labels[:0] if job.labels is not None else job.target,
