@@ -29,7 +29,7 @@ HOST_BATCH_BYTES = 24 << 20
 # rows, 27 MiB; 1,918 at 128, 54 MiB), while 256 rows for every model cost up to a third.
 CPU_BATCH_BYTES = 32 << 20
 CPU_BATCH_RANGE = (8, 512)
-_CPU_PROBE = 64  # CPU programs' temporaries per sample, measured at 16 rows, run 3-8% high
+_CPU_PROBE = 64  # rows of the CPU probe: per sample, 16 rows' temporaries run 3-8% above larger batches'
 
 
 def default_cache_dir() -> Path:
