@@ -133,12 +133,13 @@ def run_comparison(
             log(f"[{name}] converting")
             info = prepare_model(name, workdir, device, precision)
             entry: dict[str, Any] = {k: v for k, v in info.items() if k != "paths"}
-            entry.update(n=n_model, batch_sizes=[min(b, n_model) for b in sizes], baselines={})
+            model_sizes = [min(b, n_model) for b in sizes]
+            entry.update(n=n_model, batch_sizes=model_sizes, baselines={})
             spec = {
                 "model": name,
                 "device": device,
                 "n": n_model,
-                "batch_sizes": [min(b, n_model) for b in sizes],
+                "batch_sizes": model_sizes,
                 "loop_n": loop_n,
                 "repeats": repeats,
                 "seed": seed,

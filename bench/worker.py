@@ -125,9 +125,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     whole-dataset calls (which choose their own batches) run once.
     """
     baseline = BASELINES[spec["baseline"]]
-    sizes = batch_sizes(spec)
-    if baseline.per_sample or baseline.mode == "stream":
-        sizes = sizes[:1]
+    sweep = not (baseline.per_sample or baseline.mode == "stream")
+    sizes = batch_sizes(spec) if sweep else batch_sizes(spec)[:1]
     ctx = build_context(spec, baseline.backend)
     results = {}
     for batch in sizes:
@@ -137,7 +136,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             return results[batch]
     best = max(results, key=lambda b: results[b]["samples_per_s"])
     result = {**results[best], "peak_rss_mb": max_rss_mb()}
-    if not (baseline.per_sample or baseline.mode == "stream"):
+    if sweep:
         result["batch_size"] = best
         result["rates_by_batch"] = {str(b): r["samples_per_s"] for b, r in results.items()}
     return result

@@ -118,14 +118,14 @@ def auto_batch_size(
         return core(t, x, lab)
 
     stats = jax.jit(with_default_numpy_rules(fn)).lower(tensors, x, lab).compile().memory_analysis()
-    tensor_bytes = sum(np.asarray(v).nbytes for v in tensors.values())
-    out_bytes = stats.output_size_in_bytes if stats else 0
     temp_bytes = stats.temp_size_in_bytes if stats else 0
     if limit:
+        tensor_bytes = sum(np.asarray(v).nbytes for v in tensors.values())
+        out_bytes = stats.output_size_in_bytes if stats else 0
         per_sample = max((temp_bytes + stats.argument_size_in_bytes - tensor_bytes) if stats else 0, 0)
         per_sample = (per_sample + out_bytes * _IN_FLIGHT) / probe or 1.0
         per_device = max(int((0.7 * limit - tensor_bytes) // per_sample), 1)
-        host_rows = HOST_BATCH_BYTES // max(out_bytes / probe, 1) // jax.local_device_count()
+        host_rows = HOST_BATCH_BYTES // max(out_bytes / probe, 1) // len(devices)
         per_device = min(per_device, _MAX_BATCH, max(int(host_rows), 256))
     else:
         low, high = CPU_BATCH_RANGE
