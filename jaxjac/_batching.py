@@ -67,15 +67,20 @@ def platform() -> str:
 _LIBRARY_BATCH: dict[tuple, int] = {}
 
 
-def library_batch_size(model: ConvertedModel, *, target: Any, output: str, method: str, precision: str) -> int:
+def library_batch_size(
+    model: ConvertedModel, *, target: Any, output: str, method: str, precision: str, n_rows: int
+) -> int:
     """The batch size of a library call that leaves it out: `auto_batch_size`'s choice for a large dataset.
 
     Found once per model structure and options (its probe compilation takes
     a second or more). Less data then takes a smaller batch
-    (`batch_size_for`). A labels `target` (an array) sizes like
-    ``"predicted"``: one row per sample.
+    (`batch_size_for`); `n_rows` that fit one CPU probe need no probe at
+    all. A labels `target` (an array) sizes like ``"predicted"``: one row
+    per sample.
     """
     target = "predicted" if isinstance(target, np.ndarray) else target
+    if _one_small_cpu_batch(n_rows):
+        return _rows_per_call(n_rows)
     key = (model.spec, target, output, method, precision, jax.device_count(), platform())
     if key not in _LIBRARY_BATCH:
         _LIBRARY_BATCH[key] = auto_batch_size(
@@ -87,6 +92,24 @@ def library_batch_size(model: ConvertedModel, *, target: Any, output: str, metho
 def memory_limit(device: jax.Device) -> int | None:
     """The bytes of memory `device` may allocate, or `None` where there is no such limit (CPUs)."""
     return (device.memory_stats() or {}).get("bytes_limit")
+
+
+def _one_small_cpu_batch(n_rows: int) -> bool:
+    """Whether `n_rows` run on CPUs as one batch no larger than the CPU probe.
+
+    Then the probe compilation would cost more than any batch size could
+    save: a second or two against milliseconds of work.
+    """
+    return memory_limit(jax.local_devices()[0]) is None and _rows_per_device(n_rows) <= _CPU_PROBE
+
+
+def _rows_per_device(n_rows: int) -> int:
+    return -(-max(n_rows, 1) // jax.device_count())
+
+
+def _rows_per_call(n_rows: int) -> int:
+    """`n_rows` per device rounded up to a power of two, times the device count."""
+    return (1 << (_rows_per_device(n_rows) - 1).bit_length()) * jax.device_count()
 
 
 def auto_batch_size(
@@ -104,8 +127,12 @@ def auto_batch_size(
     (shared by the host's devices), within `CPU_BATCH_RANGE`, since larger
     batches run slower once their working set leaves the caches.
 
-    Never more rows per device than `n_rows` needs (rounded up to a power of two).
+    Never more rows per device than `n_rows` needs (rounded up to a power of
+    two); on CPUs, `n_rows` within one probe-sized batch take that batch
+    without a probe.
     """
+    if _one_small_cpu_batch(n_rows):
+        return _rows_per_call(n_rows)
     core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
     devices = jax.local_devices()
     limit = memory_limit(devices[0])
@@ -132,6 +159,5 @@ def auto_batch_size(
         # Devices of one host share its caches.
         budget = CPU_BATCH_BYTES / len(devices)
         per_device = min(max(int(budget // max(temp_bytes / probe, 1.0)), low), high)
-    need = -(-max(n_rows, 1) // jax.device_count())
-    per_device = min(per_device, 1 << max(need - 1, 0).bit_length())
+    per_device = min(per_device, _rows_per_call(n_rows) // jax.device_count())
     return (1 << (per_device.bit_length() - 1)) * jax.device_count()

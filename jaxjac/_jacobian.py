@@ -122,7 +122,9 @@ def jacobian(
       as `jaxjac jacobian --batch-size auto`: on GPUs and TPUs the largest
       that fits the device's memory while one batch of results stays within
       24 MiB on the host; on CPUs the largest whose working set stays within
-      32 MiB, so in cache (8 to 512 rows).
+      32 MiB, so in cache (8 to 512 rows). Sizing compiles a probe once per
+      model and options, except on CPUs for up to 64 rows, which run as one
+      batch.
     - `method`, `precision`: see `jacobian_fn`.
 
     **Returns:** a numpy array `(N, K, *sample_shape)` for ``target="all"``,
@@ -136,7 +138,9 @@ def jacobian(
     n = reader.n_samples
     labels = check_labels(np.asarray(target), n, model.n_outputs) if kind == "labels" else None
     if batch_size is None:
-        batch_size = library_batch_size(model, target=target, output=output, method=method, precision=precision)
+        batch_size = library_batch_size(
+            model, target=target, output=output, method=method, precision=precision, n_rows=n
+        )
     out = ArrayWriter(output_shape(model, n, "all" if kind == "all" else "predicted"), model.dtype)
     run_jacobian(
         model,

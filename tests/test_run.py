@@ -183,9 +183,24 @@ def _temp_bytes(model, batch: int, target: str = "all") -> int:
 
 
 def test_auto_batch_size_is_a_power_of_two_capped_by_the_data(model):
-    assert _auto(model, n_rows=37) == 64
     big = _auto(model)
     assert big & (big - 1) == 0 and 8 <= big <= 1024
+    assert big > 128 and _auto(model, n_rows=100) == 128
+
+
+def test_data_within_one_cpu_probe_runs_as_one_batch_without_a_probe(model, monkeypatch):
+    from jaxjac import _batching
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(_batching, "batch_jacobian_core", no_probe)
+    assert [_auto(model, n_rows=n) for n in (1, 5, 37, _batching._CPU_PROBE)] == [1, 8, 64, 64]
+    monkeypatch.setattr(_batching, "_LIBRARY_BATCH", {})
+    x = np.zeros((5, *model.sample_shape), model.dtype)
+    assert jaxjac.jacobian(model, x).shape == (5, model.n_outputs, *model.sample_shape)
+    with pytest.raises(AssertionError, match="probed"):
+        _auto(model, n_rows=_batching._CPU_PROBE + 1)
 
 
 @pytest.mark.parametrize("target", ["all", "predicted"])
