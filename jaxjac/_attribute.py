@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from ._arrays import ArrayWriter, array_reader, as_array, as_target, batch_labels, batch_size_for, check_samples
+from ._batching import attribution_batch_size
 from ._errors import JaxjacError
 from ._graph_model import check_dtype_enabled
 from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
@@ -125,7 +126,7 @@ def attribute(
     noise: float = 0.15,
     samples: int = 32,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     formulation: str = "vmap-jacrev",
     precision: str = "float32",
 ) -> np.ndarray:
@@ -149,7 +150,11 @@ def attribute(
       midpoint or ``"gauss-legendre"``).
     - `noise`, `samples`, `seed`: SmoothGrad's noise standard deviation as a
       fraction of each sample's range `max - min`, its draw count and seed.
-    - `batch_size`, `formulation`, `precision`: as for `jaxjac.jacobian`.
+    - `batch_size`: samples per compiled call. By default the size
+      `jaxjac.jacobian` takes for rows, divided by the inputs each sample
+      differentiates (`steps` for integrated gradients, `samples` for the
+      SmoothGrad family), all of which run in one batch.
+    - `formulation`, `precision`: as for `jaxjac.jacobian`.
 
     **Returns:** `(N, *sample_shape)`, or `(N, K, *sample_shape)` for
     ``target="all"``. Rows whose input holds NaN or Inf are NaN.
@@ -164,6 +169,8 @@ def attribute(
     )
     start = resolve_baseline(model, baseline, mean=lambda: feature_mean(reader))
     out = ArrayWriter(attribution_shape(model.spec, reader.n_samples, options.target), model.dtype)
+    if batch_size is None:
+        batch_size = attribution_batch_size(model, options, reader.n_samples)
     size = batch_size_for(batch_size, reader.n_samples)
     stream_attributions(model, reader, out, options, start, labels=labels, batch_size=size)
     return out.array

@@ -14,6 +14,7 @@ from ._formulations import batch_jacobian_core
 from ._interpret import with_default_numpy_rules
 
 if TYPE_CHECKING:
+    from ._methods import AttributionOptions
     from ._model import ConvertedModel
 
 _PROBE = 16  # per-device batch of the probe compilation
@@ -87,6 +88,27 @@ def library_batch_size(
             model, target=target, output=output, method=method, precision=precision, n_rows=1 << 30
         )
     return _LIBRARY_BATCH[key]
+
+
+def attribution_batch_size(model: ConvertedModel, options: AttributionOptions, n_rows: int) -> int:
+    """The default batch size of attributions: the Jacobian's default batch of rows, shared by each sample's draws.
+
+    A sample's attribution differentiates `options.draws` inputs (integrated
+    gradients' path nodes, SmoothGrad's noise draws) in one batch with the
+    others', so a batch of B samples is a Jacobian batch of B * draws rows.
+    A power of two per device (at least 1), times the device count.
+    """
+    target = "all" if options.target == "all" else "predicted"
+    rows = library_batch_size(
+        model,
+        target=target,
+        output=options.output,
+        method=options.formulation,
+        precision=options.precision,
+        n_rows=n_rows * options.draws,
+    )
+    per_device = max(rows // jax.device_count() // options.draws, 1)
+    return (1 << (per_device.bit_length() - 1)) * jax.device_count()
 
 
 def memory_limit(device: jax.Device) -> int | None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._arrays import ArrayWriter, array_reader, batch_size_for, positive_int
 from ._attribute import feature_mean, stream_attributions, target_and_labels
+from ._batching import attribution_batch_size
 from ._durable import replace_atomically
 from ._errors import JaxjacError
 from ._methods import AttributionOptions, attribution_shape, check_options, resolve_baseline
@@ -115,7 +116,7 @@ def importance(
     feature_names: Sequence[str] | None = None,
     wavelengths: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     formulation: str = "vmap-jacrev",
     precision: str = "float32",
 ) -> ImportanceReport:
@@ -125,7 +126,8 @@ def importance(
 
     - `model`, `x` `(N, *sample_shape)` (any row-sliceable array), `labels` `(N,)`.
     - `method`, `output`, `baseline`, `steps`, `rule`, `noise`, `samples`,
-      `seed`, `formulation`, `precision`: as for `jaxjac.attribute`.
+      `seed`, `batch_size`, `formulation`, `precision`: as for
+      `jaxjac.attribute`.
     - `target`: default ``"label"`` with labels, else ``"predicted"``.
     - `score`: what ranks the features: ``"mean_abs"`` (mean |a|, default),
       ``"mean_sq"`` or ``"mean"``.
@@ -164,9 +166,7 @@ def importance(
         wavelengths=wavelengths,
         class_names=class_names,
     )
-    return compute_importance(
-        model, reader, plan, labels=labels, batch_size=batch_size_for(batch_size, reader.n_samples)
-    )
+    return compute_importance(model, reader, plan, labels=labels, batch_size=batch_size)
 
 
 @dataclass
@@ -226,17 +226,21 @@ def compute_importance(
     plan: ImportancePlan,
     *,
     labels: np.ndarray | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     stop_event: threading.Event | None = None,
     on_rows: Callable[[int], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> ImportanceReport:
     """The whole importance pipeline over a `Reader` (the CLI's entry point).
 
-    Raises `JaxjacError` if interrupted through `stop_event` (nothing is written).
+    `batch_size` `None` takes `attribution_batch_size`'s. Raises `JaxjacError`
+    if interrupted through `stop_event` (nothing is written).
     """
     plan = plan.check(model)
     options = plan.options
+    if batch_size is None:
+        batch_size = attribution_batch_size(model, options, reader.n_samples)
+    batch_size = batch_size_for(batch_size, reader.n_samples)
     phase = on_phase or (lambda message: None)
     baseline = resolve_baseline(model, plan.baseline, mean=lambda: feature_mean(reader))
     program, consts, groups = reduction_program(

@@ -12,6 +12,7 @@ method x target x output x baseline matrix rather than enumerate it.
 from __future__ import annotations
 
 import copy
+import re
 
 import jax
 import jax.numpy as jnp
@@ -419,6 +420,44 @@ def test_streaming_equals_the_jitted_function_at_any_batch_size(models, data):
     # Pure: it traces under an outer `jax.jit` with labels and rows as arguments.
     jitted = jax.jit(fn)(jnp.asarray(x[3:]), jnp.asarray(LABELS[3:]), jnp.asarray(rows))
     np.testing.assert_allclose(np.asarray(jitted), part, **close)
+
+
+@pytest.mark.parametrize("method", ["integrated-gradients", "smoothgrad"])
+def test_each_samples_draws_run_in_one_batch_not_a_loop(models, data, method):
+    # XLA's CPU backend runs convolutions in a loop body 10-25x slower (jax-ml/jax#12868).
+    _, model = models["float32"]
+    fn = jaxjac.attribution_fn(model, method, steps=8, samples=8)
+    hlo = jax.jit(fn).lower(jnp.asarray(data[:4], jnp.float32)).compile().as_text()
+    products = [line for line in hlo.splitlines() if re.search(r" (convolution|dot)\(", line)]
+    assert products and not [line for line in products if "while/body" in line]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "expected_rows", "expected"),
+    [
+        ("gradient", "predicted", 50, 512),
+        ("integrated-gradients", "all", 50 * 32, 16),
+        ("smoothgrad", "label", 50 * 10, 32),  # 512 // 10 rounded down to a power of two
+    ],
+)
+def test_the_default_batch_shares_the_jacobian_batch_among_each_samples_draws(
+    models, data, monkeypatch, method, target, expected_rows, expected
+):
+    from jaxjac import _attribute, _batching
+
+    _, model = models["float32"]
+    asked = []
+    monkeypatch.setattr(_batching, "library_batch_size", lambda m, **kw: asked.append(kw) or 512)
+    options = AttributionOptions(method, target, samples=10)
+    assert _batching.attribution_batch_size(model, options, 50) == expected
+    jacobian_target = "all" if target == "all" else "predicted"
+    assert asked[0]["target"] == jacobian_target and asked[0]["n_rows"] == expected_rows
+    used = []
+    real = _attribute.stream_attributions
+    monkeypatch.setattr(_attribute, "stream_attributions", lambda *a, **kw: used.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(_attribute, "attribution_batch_size", lambda *a: 2)
+    jaxjac.attribute(model, data.astype(np.float32), "gradient")
+    assert used[0]["batch_size"] == 2
 
 
 def test_empty_dataset(models):

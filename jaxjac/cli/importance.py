@@ -154,7 +154,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     check.add_argument("--no-randomization", action="store_true", help="skip the model-randomisation check")
     how = p.add_argument_group("how")
     how.add_argument(
-        "--batch-size", metavar="B", type=_positive, default=256, help="samples per step over all devices (256)"
+        "--batch-size",
+        metavar="B",
+        type=_positive,
+        help="samples per step over all devices (default: as many as `jaxjac jacobian --batch-size auto` takes "
+        "rows, divided by each sample's --steps or --samples, which share its batch)",
     )
     how.add_argument("--formulation", choices=("vmap-jacrev", "batched-vjp"), default="vmap-jacrev")
     add_precision_flag(how)
@@ -171,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
     """Check every input and output path, then compute, save and plot the importance report."""
     import jax
 
-    from .._attribute import batch_size_for
     from .._batching import default_cache_dir, enable_compile_cache
     from .._importance import ImportancePlan, compute_importance
     from .._methods import AttributionOptions
@@ -233,7 +236,6 @@ def run(args: argparse.Namespace) -> int:
                 "labels": str(args.labels) if args.labels else None,
             },
         ).check(model)
-        batch_size = batch_size_for(args.batch_size, reader.n_samples)  # no bigger than the data needs
         stop, received = threading.Event(), []
         progress = Progress(
             total=reader.n_samples, initial=0, devices=jax.device_count(), enabled=not args.quiet, task="importance"
@@ -246,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
                     reader,
                     plan,
                     labels=labels,
-                    batch_size=batch_size,
+                    batch_size=args.batch_size,
                     stop_event=stop,
                     on_rows=progress.update,
                     on_phase=_phases(args, progress),
