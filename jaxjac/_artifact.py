@@ -25,7 +25,7 @@ from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
 from ._durable import fsync_path
-from ._errors import JaxjacError
+from ._errors import JaxjacError, first_line
 from ._graph import Graph
 from ._graph_model import GraphModel, ModelSpec
 
@@ -188,7 +188,7 @@ def read_artifact(path: str | PathLike) -> StoredModel:
     try:
         stored = _st_load(data)
     except Exception as error:  # safetensors reports bad framing with its own error types
-        raise JaxjacError(f"{path} is damaged: its tensors cannot be read ({_first_line(error)})") from None
+        raise JaxjacError(f"{path} is damaged: its tensors cannot be read ({first_line(error)})") from None
     if _DIGEST in meta and _content_digest(meta, stored) != meta[_DIGEST]:
         raise JaxjacError(
             f"{path} is damaged: its contents do not match the checksum written with it (a changed byte or an "
@@ -287,7 +287,3 @@ def _shape(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise ValueError(f"expected a shape (a list of sizes), found {value!r}")
     return tuple(value)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

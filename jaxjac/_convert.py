@@ -20,6 +20,7 @@ from ._graph import DType
 from ._graph_model import ModelSpec, output_shape_of
 from ._lower import lower_program
 from ._model import ConvertedModel
+from ._torchscript import from_torchscript
 from ._versions import versions
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -73,7 +74,9 @@ def convert(
     **Arguments:**
 
     - `net`: a `torch.nn.Module`. It is traced in eval mode; a model in train
-      mode is converted as if in eval mode, with a warning.
+      mode is converted as if in eval mode, with a warning. A TorchScript
+      module (`torch.jit.script`, `trace` or `load`) is first rebuilt by
+      torch's TorchScript-to-export converter.
     - `example_input`: a batch `(N, *sample_shape)`; only its first row's
       shape is used to trace.
     - `dtype`: ``"float32"`` or ``"float64"`` (the latter needs
@@ -98,6 +101,8 @@ def convert(
             "first, or convert inside `with jax.enable_x64(True):`"
         )
     sample = _sample_batch(example_input)
+    if isinstance(net, torch.jit.ScriptModule):
+        net = from_torchscript(net, tuple(sample.shape[1:]), "the TorchScript module")
     with _in_dtype(net, _TORCH_DTYPES[dtype]) as net:
         sample = sample.to(_TORCH_DTYPES[dtype])
         program = export_one_sample(net, sample)

@@ -5,6 +5,11 @@ from __future__ import annotations
 ISSUES_URL = "https://github.com/jaxjac/jaxjac/issues"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (its type's name if it has none), for a one-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class JaxjacError(Exception):
     """A problem with the user's input, model or files, explained in one line.
 

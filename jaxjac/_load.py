@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import logging
 import os
 import re
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import JaxjacError
+from ._errors import JaxjacError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -154,22 +153,17 @@ def _looks_like_safetensors(path: Path) -> bool:
 @contextlib.contextmanager
 def _quiet_torch() -> Iterator[None]:
     """Silence torch.export's internal logging and warnings that say nothing to a jaxjac user."""
-    logger = logging.getLogger("torch._export")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*num_batches_tracked.*")
-            # Reading a TorchScript file is the point here: moving the user off it.
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-            yield
-    finally:
-        logger.setLevel(level)
+    from ._torchscript import quiet_converter
+
+    with quiet_converter(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*num_batches_tracked.*")
+        yield
 
 
 def _load_torchscript(path: Path, sample_shape: tuple[int, ...] | None) -> Checkpoint:
     import torch
-    from torch._export.converter import TS2EPConverter
+
+    from ._torchscript import from_torchscript
 
     if sample_shape is None:
         raise JaxjacError(
@@ -180,32 +174,9 @@ def _load_torchscript(path: Path, sample_shape: tuple[int, ...] | None) -> Check
         scripted = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as error:
         raise JaxjacError(
-            f"{path}: torch.jit.load could not read the TorchScript archive: {_first_line(error)}"
+            f"{path}: torch.jit.load could not read the TorchScript archive: {first_line(error)}"
         ) from error
-    scripted.eval()
-    sample = torch.zeros((1, *sample_shape))
-    try:
-        module = TS2EPConverter(scripted, (sample,)).convert().module()
-    except Exception as error:  # the converter raises many types; keep its first line
-        raise JaxjacError(
-            f"{path}: could not convert the TorchScript archive to torch.export on an input of shape "
-            f"{tuple(sample.shape)}: {_first_line(error)}. Save a state_dict and pass --arch instead"
-        ) from error
-    _restore_parameters(module, [name for name, _ in scripted.named_parameters()])
-    return Checkpoint(module, "torchscript", tuple(sample_shape))
-
-
-def _restore_parameters(module: torch.nn.Module, names: list[str]) -> None:
-    # TS2EPConverter lifts every tensor as a buffer; re-register the scripted
-    # module's parameters so that they become nnx.Param, not Buffer, in JAX.
-    import torch
-
-    for name in names:
-        owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
-        if leaf in owner._buffers:
-            tensor = owner._buffers.pop(leaf)
-            owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+    return Checkpoint(from_torchscript(scripted, tuple(sample_shape), str(path)), "torchscript", tuple(sample_shape))
 
 
 def _load_exported_program(path: Path, sample_shape: tuple[int, ...] | None) -> Checkpoint:
@@ -215,7 +186,7 @@ def _load_exported_program(path: Path, sample_shape: tuple[int, ...] | None) -> 
         program = torch.export.load(str(path))
     except Exception as error:  # torch raises many types for damaged archives
         raise JaxjacError(
-            f"{path}: torch.export.load could not read the ExportedProgram: {_first_line(error)}"
+            f"{path}: torch.export.load could not read the ExportedProgram: {first_line(error)}"
         ) from error
     user_inputs = [
         spec.arg.name
@@ -256,7 +227,7 @@ def _load_pickle_based(
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" not in str(error).lower() and "unsupported global" not in str(error).lower():
-            raise JaxjacError(f"{path}: torch.load could not read it: {_first_line(error)}") from error
+            raise JaxjacError(f"{path}: torch.load could not read it: {first_line(error)}") from error
         if not allow_pickle:
             found = _unsupported_global(error)
             raise JaxjacError(f"{path} holds pickled Python objects{found}; {_PICKLE_HINT}") from None
@@ -266,10 +237,10 @@ def _load_pickle_based(
             except (ImportError, AttributeError) as error:
                 raise JaxjacError(
                     f"{path}: the pickled module needs code that cannot be imported from {Path.cwd()}: "
-                    f"{_first_line(error)}; run jaxjac from the directory that holds the model's code"
+                    f"{first_line(error)}; run jaxjac from the directory that holds the model's code"
                 ) from error
     except Exception as error:  # truncated zips and the like
-        raise JaxjacError(f"{path}: torch.load could not read it: {_first_line(error)}") from error
+        raise JaxjacError(f"{path}: torch.load could not read it: {first_line(error)}") from error
     module = _find_module(obj)
     if module is not None:
         notes = [f"ignoring --arch {arch}: {path.name} holds a pickled module"] if arch else []
@@ -367,11 +338,11 @@ def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Mod
         except ImportError as error:
             raise JaxjacError(
                 f"--arch {arch}: cannot import {module_name!r} from {Path.cwd()} or the installed packages "
-                f"({_first_line(error)}); run jaxjac from the directory that holds your model code"
+                f"({first_line(error)}); run jaxjac from the directory that holds your model code"
             ) from error
         except Exception as error:  # the module's own code failed (SyntaxError, a failing import-time call)
             raise JaxjacError(
-                f"--arch {arch}: importing {module_name!r} failed with {type(error).__name__}: {_first_line(error)}"
+                f"--arch {arch}: importing {module_name!r} failed with {type(error).__name__}: {first_line(error)}"
             ) from error
     target: Any = module
     for part in attr.split("."):
@@ -384,14 +355,14 @@ def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Mod
     try:
         inspect.signature(target).bind(**kwargs)
     except TypeError as error:
-        raise JaxjacError(f"--arch-kwargs {kwargs} do not fit {arch}: {_first_line(error)}") from error
+        raise JaxjacError(f"--arch-kwargs {kwargs} do not fit {arch}: {first_line(error)}") from error
     except ValueError:  # no signature to check (a builtin): the call below tells
         pass
     try:
         net = target(**kwargs)
     except Exception as error:
         raise JaxjacError(
-            f"--arch {arch}: building it with --arch-kwargs {kwargs} raised {type(error).__name__}: {_first_line(error)}"
+            f"--arch {arch}: building it with --arch-kwargs {kwargs} raised {type(error).__name__}: {first_line(error)}"
         ) from error
     if not isinstance(net, torch.nn.Module):
         raise JaxjacError(f"--arch {arch}: expected it to build a torch.nn.Module; it built a {type(net).__name__}")
@@ -402,7 +373,7 @@ def _load_strict(net: torch.nn.Module, state: dict[str, Any], path: Path, arch: 
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches raise even when not strict
-        detail = " ".join(str(error).split("\n\t")[1:2]).strip() or _first_line(error)
+        detail = " ".join(str(error).split("\n\t")[1:2]).strip() or first_line(error)
         raise JaxjacError(f"{path} does not fit --arch {arch}: {detail}") from error
     problems = []
     for label, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)):
@@ -431,8 +402,3 @@ def _cwd_importable() -> Iterator[None]:
 def _unsupported_global(error: Exception) -> str:
     match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
     return f" (e.g. {match.group(1)})" if match else ""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from checkpoint_nets import SAMPLE_SHAPE, trained_net
+from flax import nnx
 
 import jaxjac
 from jaxjac._load import detect_format, load_checkpoint
@@ -42,6 +44,46 @@ def test_torchscript_keeps_parameters_as_parameters(ckpts, net, name):
     assert checkpoint.format == "torchscript"
     assert sorted(n for n, _ in checkpoint.net.named_parameters()) == sorted(n for n, _ in net.named_parameters())
     assert_same_outputs(checkpoint.net, net)
+
+
+class WithUnusedHead(torch.nn.Module):
+    """A net with an auxiliary head that forward never uses, as training code leaves them."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = trained_net()
+        self.aux = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def torchscript(net: torch.nn.Module, kind: str) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still have such modules
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(net) if kind == "script" else torch.jit.trace(net, torch.randn(2, *SAMPLE_SHAPE))
+
+
+@pytest.mark.parametrize("kind", ["script", "trace"])
+def test_torchscript_with_parameters_forward_never_uses(tmp_path, kind):
+    net = WithUnusedHead().eval()
+    scripted = torchscript(net, kind)
+    scripted.save(str(tmp_path / "aux.pt"))
+    checkpoint = load_checkpoint(tmp_path / "aux.pt", sample_shape=SAMPLE_SHAPE)
+    assert sorted(n for n, _ in checkpoint.net.named_parameters()) == sorted(
+        n for n, _ in net.named_parameters() if not n.startswith("aux.")
+    )
+    assert_same_outputs(checkpoint.net, net)
+
+
+@pytest.mark.parametrize("kind", ["script", "trace"])
+def test_convert_takes_a_torchscript_module_as_the_command_line_takes_its_archive(net, kind):
+    x = torch.randn(4, *SAMPLE_SHAPE)
+    model = jaxjac.convert(torchscript(net, kind), x)
+    assert model.metadata["check"]["passed"]
+    assert all(isinstance(model.variable(name), nnx.Param) for name, _ in net.named_parameters())
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_torchscript_needs_input_shape(ckpts):
