@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._errors import ConversionCheckError, JaxjacError
+from ._errors import ConversionCheckError, JaxjacError, first_line
 from ._export import eval_mode
 from ._jacobian import jacobian
 from ._model import ConvertedModel
@@ -71,9 +71,16 @@ def check_conversion(
 
     Raises `ConversionCheckError`, with the numbers, when either array fails.
     """
-    torch_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+    # The model's dtype, which `net` is in: a net may hold no parameters to read it from.
+    torch_dtype = getattr(torch, np.dtype(model.dtype).name)
     x = torch.as_tensor(np.asarray(probes)).to(torch_dtype)
-    expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index)
+    try:
+        expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index)
+    except RuntimeError as error:  # torch's own failures, such as a dtype fixed inside the graph
+        raise JaxjacError(
+            f"torch could not run the model on the check's {model.dtype} probe inputs: {first_line(error)}. If "
+            "forward (or an exported .pt2 graph) fixes a dtype inside, convert in that dtype"
+        ) from error
     actual_out = np.asarray(model(x.numpy())).reshape(len(x), -1)
     actual_jac = jacobian(model, x.numpy(), batch_size=len(x))
     # Probes where torch itself is not finite (log of a negative, say) test nothing: left out.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -87,6 +88,32 @@ def test_float64(ckpts, arch, capsys):
 
     with jax.enable_x64(True):
         assert jaxjac.load("f64.jaxjac").dtype == np.float64
+
+
+class GRUClassifier(torch.nn.Module):
+    """Exported, its graph fixes the GRU's zero initial state as float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(1, 4, batch_first=True)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        out, _ = self.gru(x.transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+def test_float64_of_a_program_with_a_float32_step_is_explained(tmp_path, capsys):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # torch's own, about the GRU's flat weights
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.export.export(GRUClassifier().eval(), (torch.randn(1, *SAMPLE_SHAPE),))
+    torch.export.save(program, tmp_path / "gru.pt2")
+    out = tmp_path / "gru.jaxjac"
+    assert main(["convert", str(tmp_path / "gru.pt2"), "-o", str(out), "--dtype", "float64", *FAST]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert re.search(r"torch could not run the model on the check's float64 probe inputs: .*dtype", line)
+    assert not out.exists()
 
 
 def test_refuses_to_overwrite_without_force(ckpts, arch, tmp_path, capsys):

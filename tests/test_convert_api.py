@@ -102,6 +102,25 @@ def test_check_report_is_kept_in_metadata():
     assert model.metadata["versions"]["torch"] == torch.__version__
 
 
+def test_a_float64_model_without_parameters_is_checked_in_float64():
+    class FixedFilters(nn.Module):  # preprocessing and projection held in buffers only
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("kernel", torch.tensor([[[-2.0, -1.0, 0.0, 1.0, 2.0]]]) / 10)
+            self.register_buffer("projection", torch.randn(3, 16))
+
+        def forward(self, x):
+            return torch.tanh(nn.functional.conv1d(x, self.kernel, padding=2)).flatten(1) @ self.projection.t()
+
+    torch.manual_seed(0)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(
+            FixedFilters().double().eval(), torch.randn(4, 1, 16, dtype=torch.float64), dtype="float64"
+        )
+    report = model.metadata["check"]
+    assert report["dtype"] == "float64" and report["jacobians_max_rel_error"] < 1e-12
+
+
 def test_check_data_of_the_wrong_shape_is_refused():
     with pytest.raises(
         jaxjac.JaxjacError, match=r"check data holds samples of shape \(2, 8\); the model expects \(1, 8\)"
