@@ -144,6 +144,19 @@ def to_copy(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
     return x if dtype is None else x.astype(_canonical(dtype, x.dtype))
 
 
+@register("aten._assert_async.msg", "aten._assert_async.default")
+def assert_async(condition: jax.Array, message: str = "assertion failed") -> None:
+    """torch's run-time assertion (`F.one_hot`'s range check, for one), checked where its value is known.
+
+    Under `jax.jit` a traced condition has no value until run time, and XLA
+    programs do not raise, so there it is not checked: what follows computes
+    as the graph says (`one_hot` of an index out of range is a row of zeros).
+    """
+    if not isinstance(condition, jax.core.Tracer) and not bool(np.asarray(condition)):
+        raise ValueError(f"torch's assertion in the model failed: {message}")
+    return None
+
+
 @register("aten._assert_tensor_metadata.default")
 def assert_tensor_metadata(x: jax.Array, *args, **kwargs) -> None:
     """Nothing: torch.export's check that a cast input has the traced dtype, which holds by construction."""

@@ -68,7 +68,7 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     _warn_batch_statistics(net)
     # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
     # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
-    with eval_mode(net), torch.enable_grad(), _quiet_export():
+    with eval_mode(net), torch.enable_grad(), _quiet_export(), _causal_masks_taken_as_given():
         try:
             try:
                 program = torch.export.export(net, (sample,))
@@ -212,6 +212,32 @@ def _decomposition_table() -> dict:
     # that `x.mean().detach()` (RevIN normalisation, say) stops would flow again.
     table.pop(torch.ops.aten.detach.default, None)
     return table
+
+
+@contextlib.contextmanager
+def _causal_masks_taken_as_given() -> Iterator[None]:
+    """nn.Transformer* layers given a mask without `is_causal`, traced without asking whether it is causal.
+
+    They compare the mask with a causal one (`_detect_is_causal_mask`), a
+    branch on tensor values that torch.export cannot trace. The answer only
+    picks a kernel: with "not causal" the mask is applied as given, which
+    computes the same attention.
+    """
+    from torch.nn.modules import transformer
+
+    detect = getattr(transformer, "_detect_is_causal_mask", None)
+    if detect is None:
+        yield
+        return
+
+    def as_given(mask: torch.Tensor | None, is_causal: bool | None = None, size: int | None = None) -> bool:
+        return is_causal is True
+
+    transformer._detect_is_causal_mask = as_given
+    try:
+        yield
+    finally:
+        transformer._detect_is_causal_mask = detect
 
 
 @contextlib.contextmanager

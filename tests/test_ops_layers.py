@@ -54,6 +54,35 @@ def test_dropout_and_identity(dtype):
     assert_converts(net, (2, 8), dtype)
 
 
+class OneHotSelector(nn.Module):
+    """A concrete-autoencoder-style band selector: `F.one_hot` of learned logits picks 4 of 16 bands."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.randn(4, 16))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        chosen = nn.functional.one_hot(self.logits.argmax(-1), 16).to(x.dtype)
+        return self.head(torch.tanh(x.flatten(1) @ chosen.t()))
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_one_hot_and_its_range_assertion(dtype):
+    torch.manual_seed(0)
+    assert_converts(OneHotSelector(), (1, 16), dtype)
+
+
+def test_a_range_assertion_known_while_tracing_is_checked():
+    from jaxjac.converters.registry import lookup
+
+    assert_async = lookup("aten._assert_async.msg")
+    assert assert_async(np.bool_(True), "in range") is None
+    with pytest.raises(ValueError, match="assertion in the model failed: index out of range"):
+        assert_async(np.bool_(False), "index out of range")
+    assert jax.jit(lambda c: assert_async(c, "unchecked") or c)(False) == np.False_  # traced: not checked
+
+
 def test_model_in_train_mode_converts_as_eval():
     net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Dropout(0.9), nn.Flatten(), nn.Linear(18, 2))
     with torch.no_grad():
@@ -231,6 +260,31 @@ def test_transformer_encoder_layer(dtype):
         )
     )
     assert_converts(bank, (6, 4), dtype, n=2)
+
+
+class CausalEncoder(nn.Module):
+    """A TransformerEncoder over time steps with a causal mask buffer, without `is_causal`."""
+
+    def __init__(self, mask_dtype: torch.dtype):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        causal = nn.Transformer.generate_square_subsequent_mask(6)
+        self.register_buffer("mask", causal if mask_dtype.is_floating_point else causal.isinf())
+
+    def forward(self, x):
+        return self.encoder(x, mask=self.mask).flatten(1)  # every step's output: the mask shows
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bool])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transformer_encoder_with_a_causal_mask(dtype, mask_dtype):
+    # torch asks whether the mask is causal by comparing values, which torch.export cannot trace.
+    torch.manual_seed(0)
+    model = assert_converts(CausalEncoder(mask_dtype), (6, 4), dtype, n=2)
+    with precision(dtype):
+        jac = jaxjac.jacobian(model, np.ones((1, 6, 4), dtype))[0].reshape(6, 4, 6, 4)
+    assert np.all(jac[0, :, 1:] == 0) and np.any(jac[-1, :, :-1] != 0)  # step 0 sees only itself
 
 
 def test_float64_conversion_needs_x64_is_not_silently_float32():
