@@ -52,6 +52,9 @@ def attribution_fn(
     `rows` `(B,)` are the rows' indices in your dataset, which seed the
     SmoothGrad noise (default `0..B-1`). `fn` is pure and jittable; it reads
     the model's tensors at each call, so a fine-tuned model is seen at once.
+    A batch's draws (integrated gradients' `steps`, SmoothGrad's `samples`)
+    run as one batch of `B * steps` (or `B * samples`) rows, so size `B`
+    for that many rows' memory.
 
     >>> fn = jaxjac.attribution_fn(model, "integrated-gradients", steps=64)  # doctest: +SKIP
     >>> fn(X[:256]).shape                                                    # doctest: +SKIP

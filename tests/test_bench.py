@@ -148,3 +148,16 @@ def test_an_end_to_end_run_is_bound_by_the_bound_its_time_comes_closest_to():
     result = verdict(6.4, {"disk": 9.6, "pcie": 6.4, "compute": 2.0})
     assert result["bound_by"] == "pcie" and result["stream_over_bound"] == 1.0
     assert result["stream_over_bounds"]["compute"] == 3.2
+
+
+def test_the_attribution_bench_times_both_sides_and_they_compute_the_same(tmp_path):
+    from bench import attribution_speed
+
+    report = attribution_speed.main(["--models", "seed-cnn", "--n", "16", "--repeats", "1", "--out-dir", str(tmp_path)])
+    assert [(r["method"], r["captum"] > 0, r["jaxjac"] > 0) for r in report["rows"]] == [
+        ("integrated-gradients", True, True),
+        ("smoothgrad", True, True),
+    ]
+    assert report["rows"][0]["max_rel_difference"] < 1e-4
+    (md,) = tmp_path.glob("*-attributions.md")
+    assert "| seed-cnn | smoothgrad |" in md.read_text()
