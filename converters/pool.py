@@ -187,7 +187,11 @@ def _right_pads(windows: Sequence[tuple[np.ndarray, np.ndarray]], spatial: Seque
     return [max(int(pos.max()) + 1 - length, 0) for (pos, _), length in zip(windows, spatial, strict=True)]
 
 
-@register("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default")
+@register(
+    "aten.max_pool3d_with_indices.default",
+    "aten.max_pool2d_with_indices.default",
+    "aten.max_pool1d_with_indices.default",
+)
 def max_pool_with_indices(
     x: jax.Array,
     kernel_size: IntOrInts,
@@ -227,7 +231,7 @@ def _avg_divisor(
     return ((positions >= -pad) & (positions < length + pad)).sum(axis=1)
 
 
-@register("aten.avg_pool2d.default", "aten.avg_pool1d.default")
+@register("aten.avg_pool3d.default", "aten.avg_pool2d.default", "aten.avg_pool1d.default")
 def avg_pool(
     x: jax.Array,
     kernel_size: IntOrInts,
@@ -270,14 +274,14 @@ def _adaptive_patches(
     return _patches(x, [_adaptive_positions(*args) for args in zip(spatial, output_size, strict=True)], fill)
 
 
-@register("aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool1d.default")
+@register("aten._adaptive_avg_pool3d.default", "aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool1d.default")
 def adaptive_avg_pool(x: jax.Array, output_size: Sequence[int]) -> jax.Array:
     """torch's adaptive average pooling of `x` `(*lead, *spatial)` into `(*lead, *output_size)`."""
     patches, valid, _ = _adaptive_patches(x, tuple(output_size), 0.0)
     return patches.sum(axis=-1) / jnp.asarray(valid.sum(axis=-1), x.dtype)
 
 
-@register("aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool1d.default")
+@register("aten.adaptive_max_pool3d.default", "aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool1d.default")
 def adaptive_max_pool(x: jax.Array, output_size: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """torch's adaptive max pooling of `x` `(*lead, *spatial)`.
 

@@ -102,6 +102,28 @@ def test_pool(make: Callable[[], nn.Module], length: int, dtype: str) -> None:
     assert_converts(make(), (CHANNELS, length), dtype, n=2)
 
 
+# Cubes (C, D, H, W): hyperspectral patches or volumes, pooled over three axes at once.
+CASES_3D = {
+    "max3d-k2": lambda: nn.MaxPool3d(2),
+    "max3d-k3-s2-p1-ceil": lambda: nn.MaxPool3d(3, stride=2, padding=1, ceil_mode=True),
+    "max3d-indices-used": lambda: Functional(
+        lambda x: (lambda v, i: v + 2 * x.flatten(2).gather(-1, i.flatten(2)).view_as(v))(
+            *F.max_pool3d(x, (2, 3, 2), (1, 2, 2), return_indices=True)
+        )
+    ),
+    "avg3d-k3-s2-p1-exclude-pad": lambda: nn.AvgPool3d(3, stride=2, padding=1, count_include_pad=False),
+    "avg3d-k2-ceil": lambda: nn.AvgPool3d((2, 2, 3), ceil_mode=True),
+    "adaptive-avg3d": lambda: nn.AdaptiveAvgPool3d((2, 3, 4)),
+    "adaptive-max3d": lambda: nn.AdaptiveMaxPool3d((3, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", CASES_3D.values(), ids=CASES_3D.keys())
+def test_pool_3d(make: Callable[[], nn.Module], dtype: str) -> None:
+    assert_converts(make(), (2, 5, 6, 7), dtype, n=2)
+
+
 TIED = np.round(np.random.default_rng(1).standard_normal((3, CHANNELS, 14)))
 
 
