@@ -138,16 +138,29 @@ def selection_curves(
     return result
 
 
+def why_no_selection_curves(model: ConvertedModel) -> str | None:
+    """Why the curves cannot rank `model`'s features, or `None` when they can.
+
+    They follow the predicted class, the argmax of outputs `(K,)`: a model
+    with one output (a regressor, or a binary classifier with one logit) has
+    none that a removed feature could change.
+    """
+    if len(model.output_shape) != 1:
+        return f"they need a classifier with outputs (K,) per sample; this model's are {model.output_shape}"
+    if model.output_shape[0] < 2:
+        return "the model has one output, so no predicted class for removed features to change"
+    return None
+
+
 def _check_inputs(
     model: ConvertedModel, x: Any, ranking: Any, labels: Any, baseline: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Validate and convert: `x` `(S, F)`, `ranking` `(F,)`, `baseline` `(F,)`, `labels` `(S,)` or None."""
     sample_shape = model.sample_shape
     n_features = math.prod(sample_shape)
-    if len(model.output_shape) != 1:
-        raise JaxjacError(
-            f"selection curves need a classifier with outputs (K,) per sample; this model's are {model.output_shape}"
-        )
+    reason = why_no_selection_curves(model)
+    if reason:
+        raise JaxjacError(f"no selection curves: {reason}")
     x = np.asarray(x)
     if x.ndim < 1 or tuple(x.shape[1:]) != sample_shape or x.shape[0] < 1:
         raise JaxjacError(f"x must be samples (S, *{sample_shape}) with S >= 1; got shape {x.shape}")

@@ -232,3 +232,22 @@ def test_four_devices_give_the_single_device_statistics(example, tmp_path):
     np.testing.assert_allclose(four["scores"], one["scores"], rtol=1e-5)
     np.testing.assert_allclose(four["confidence"]["score_low"], one["confidence"]["score_low"], rtol=1e-5)
     assert four["per_class"]["true"]["1"]["n"] == one["per_class"]["true"]["1"]["n"]
+
+
+def test_a_model_with_one_output_skips_the_selection_curves_and_says_why():
+    torch.manual_seed(0)
+    regressor = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 2, 5), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(40, 1)
+    )
+    X = np.random.default_rng(0).standard_normal((30, 1, 24)).astype(np.float32)
+    model = jaxjac.convert(regressor.eval(), X[:2], check=False)
+    report = jaxjac.importance(model, X, randomization=False, bootstrap=0)
+    assert report.data["evaluation"] is None
+    assert report.data["evaluation_skipped"] == (
+        "deletion and insertion curves skipped: the model has one output, so no predicted class for removed "
+        "features to change"
+    )
+    from jaxjac._evaluate import selection_curves
+
+    with pytest.raises(jaxjac.JaxjacError, match=r"no selection curves: the model has one output"):
+        selection_curves(model, X, np.arange(24), baseline=np.zeros((1, 24), np.float32))

@@ -384,6 +384,8 @@ def _print_summary(args: argparse.Namespace, data: dict, seconds: float, written
                         names = _feature_names(data, group["ranking"][: top["k"]])
                         print(f"  {kind} class {key} (n={group['n']}): {', '.join(names)}")
         evaluation = data["evaluation"]
+        if data.get("evaluation_skipped"):
+            print(data["evaluation_skipped"])
         if evaluation:
             for curve in ("deletion", "insertion"):
                 c = evaluation[curve]
