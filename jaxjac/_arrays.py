@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from ._batching import round_to_devices
@@ -31,7 +32,12 @@ def is_torch_tensor(x: Any) -> bool:
 def as_array(x: Any) -> Any:
     """`x` unchanged if it is a JAX array or a row-sliceable array; torch tensors and lists as numpy arrays."""
     if is_torch_tensor(x):
-        return x.detach().cpu().numpy()
+        import torch  # imported already: x is a torch tensor
+
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16; ml_dtypes' has the same bits
+            return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return x.numpy()
     if isinstance(x, jax.Array) or (hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "__getitem__")):
         return x
     return np.asarray(x)
@@ -50,7 +56,8 @@ def check_samples(x: Any, sample_shape: tuple[int, ...], what: str = "input") ->
     """`as_array(x)`, checked to be real-valued samples `(N, *sample_shape)`."""
     x = as_array(x)
     dtype = np.dtype(x.dtype)
-    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+    # JAX's issubdtype also knows ml_dtypes' floats (bfloat16), which numpy's calls void.
+    if not (jax.numpy.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or dtype == np.bool_):
         raise JaxjacError(f"{what} must hold real numbers; got an array of dtype {dtype}")
     if len(x.shape) < 1 or tuple(x.shape[1:]) != tuple(sample_shape):
         raise JaxjacError(f"{what} has samples of shape {tuple(x.shape[1:])}; the model expects {tuple(sample_shape)}")

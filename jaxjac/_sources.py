@@ -258,6 +258,7 @@ def open_torch(path: str, where: str, key: str | None) -> ArraySource:
         raise JaxjacError(f"{where} holds a single {type(obj).__name__}; --key `{key}` does not apply")
     if not isinstance(obj, torch.Tensor):
         raise JaxjacError(f"{where} holds a {type(obj).__name__}; expected a tensor or a dict of tensors")
+    obj = obj.detach()  # a tensor saved with requires_grad=True reads like any other
     if obj.dtype == torch.bfloat16:
         import ml_dtypes
 

@@ -157,6 +157,13 @@ def test_bfloat16_torch_tensor(tmp_path):
     np.testing.assert_array_equal(r.read(0, N), t.float().numpy())
 
 
+def test_a_tensor_saved_with_requires_grad_reads_like_any_other(tmp_path):
+    t = torch.from_numpy(_data()).requires_grad_(True)
+    torch.save(t, tmp_path / "X.pt")
+    r = open_reader(tmp_path / "X.pt", sample_shape=(1, L), dtype="float32")
+    np.testing.assert_array_equal(r.read(0, N), _data())
+
+
 @pytest.mark.parametrize("x", [np.zeros((4, 1, L), np.complex64), np.full((4, 1, L), "a")])
 def test_non_numeric_refused(tmp_path, x):
     np.save(tmp_path / "X.npy", x)
@@ -307,6 +314,42 @@ def test_zarr_chunks_along_rows(tmp_path):
     assert w.chunk_rows % 64 == 0 and 1 << 20 < w.chunk_rows * 3 * 224 * 4 <= 8 << 20
     assert zarr.open_array(w.partial_path).chunks == (w.chunk_rows, 3, 1, 224)
     w.close()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_zarr_stores_each_chunk_once_from_batches_smaller_than_a_chunk(tmp_path, dtype):
+    n = OUT_SHAPE[0]
+    rows = _rows(0, n)
+    out = tmp_path / "J.zarr"
+    w = create_writer(out, shape=OUT_SHAPE, dtype=dtype, overwrite=False, chunk_rows=16)
+    stores = []
+    real = w._store_chunk
+    w._store_chunk = lambda chunk, rows: stores.append(chunk) or real(chunk, rows)
+    starts = np.random.default_rng(0).permutation(np.arange(0, n, 5))  # 5-row batches, in any order
+    for start in starts[: len(starts) // 2]:
+        w.write(int(start), rows[start : start + 5])
+    w.flush()  # chunks in progress are stored as they stand, so the rows written so far are durable
+    flushed = len(stores)
+    for start in starts[len(starts) // 2 :]:
+        w.write(int(start), rows[start : start + 5])
+    w.close()
+    chunks = -(-n // 16)
+    assert len(stores[flushed:]) == chunks and sorted(set(stores)) == list(range(chunks))
+    got = zarr.open_array(out, mode="r")[:]
+    want = rows.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    np.testing.assert_array_equal(got.view(want.dtype) if dtype == "bfloat16" else got, want)
+
+
+def test_resumed_zarr_chunks_keep_the_rows_stored_before(tmp_path):
+    rows = _rows(0, OUT_SHAPE[0])
+    out = tmp_path / "J.zarr"
+    w = create_writer(out, shape=OUT_SHAPE, dtype="float32", overwrite=False, chunk_rows=16)
+    w.write(0, rows[:21])  # a chunk and a part of the next
+    w.close(complete=False)
+    w = open_writer_for_resume(out, shape=OUT_SHAPE, dtype="float32")
+    w.write(21, rows[21:])
+    w.close()
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], rows)
 
 
 def test_existing_output_untouched_unless_overwrite(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -192,3 +193,11 @@ def test_torch_tensors_that_require_grad_and_whole_number_float_labels_are_taken
     expected = jaxjac.jacobian(model, x, target=labels)
     leaf = torch.as_tensor(x).requires_grad_(True)
     np.testing.assert_array_equal(jaxjac.jacobian(model, leaf, target=labels.astype(np.float32)), expected)
+
+
+def test_bfloat16_inputs_are_taken_at_their_values(data):
+    _, x, model = _setup("float32", data)
+    half = x[:3].to(torch.bfloat16)
+    expected = jaxjac.jacobian(model, half.float().numpy())
+    np.testing.assert_array_equal(jaxjac.jacobian(model, half), expected)  # a torch tensor
+    np.testing.assert_array_equal(jaxjac.jacobian(model, half.float().numpy().astype(ml_dtypes.bfloat16)), expected)
