@@ -82,7 +82,18 @@ def library_batch_size(
     target = "predicted" if isinstance(target, np.ndarray) else target
     if _one_small_cpu_batch(n_rows):
         return _rows_per_call(n_rows)
-    key = (model.spec, target, output, method, precision, jax.device_count(), platform())
+    # The graph and tensor shapes too: models of one input and output shape differ in everything else.
+    key = (
+        model.graph,
+        model.spec,
+        model.tensor_shapes,
+        target,
+        output,
+        method,
+        precision,
+        jax.device_count(),
+        platform(),
+    )
     if key not in _LIBRARY_BATCH:
         _LIBRARY_BATCH[key] = auto_batch_size(
             model, target=target, output=output, method=method, precision=precision, n_rows=1 << 30

@@ -188,6 +188,24 @@ def test_auto_batch_size_is_a_power_of_two_capped_by_the_data(model):
     assert big > 128 and _auto(model, n_rows=100) == 128
 
 
+def test_models_of_the_same_input_and_output_shapes_are_sized_each_on_its_own(monkeypatch):
+    from jaxjac import _batching
+
+    monkeypatch.setattr(_batching, "_LIBRARY_BATCH", {})
+    probed = []
+    monkeypatch.setattr(_batching, "auto_batch_size", lambda model, **kw: probed.append(model) or 8 * len(probed))
+    x = np.zeros((2, 1, 16), np.float32)
+    narrow, wide = (
+        jaxjac.convert(
+            torch.nn.Sequential(torch.nn.Conv1d(1, c, 3), torch.nn.Flatten(), torch.nn.Linear(c * 14, 3)).eval(), x
+        )
+        for c in (2, 16)
+    )
+    options = {"target": "all", "output": "logits", "method": "vmap-jacrev", "precision": "float32", "n_rows": 10**6}
+    sizes = [_batching.library_batch_size(m, **options) for m in (narrow, wide, narrow)]
+    assert sizes == [8, 16, 8]
+
+
 def test_data_within_one_cpu_probe_runs_as_one_batch_without_a_probe(model, monkeypatch):
     from jaxjac import _batching
 
