@@ -23,7 +23,7 @@ in parallel when the ranges start and end on chunk boundaries. A chunk's rows wa
 until it is complete, since zarr rewrites a whole chunk to store part of it; `flush()` stores
 the chunks in progress and fsyncs the chunk files written since the last flush.
 
-**Output dtypes** are float32, float16 and bfloat16. Neither the `.npy` format nor zarr has a
+**Output dtypes** are float64, float32, float16 and bfloat16. Neither the `.npy` format nor zarr has a
 bfloat16 type, so `.npy` refuses bfloat16 (np.load could not read it back as bfloat16), and
 zarr stores its bit patterns as uint16 with the array attribute `"jaxjac_dtype": "bfloat16"`;
 read it back with `z[:].view(ml_dtypes.bfloat16)` (jaxjac's own readers do this themselves).
@@ -46,7 +46,7 @@ from ._durable import fsync_path
 from ._errors import JaxjacError
 from ._sources import BF16_ATTR, need, npy_header
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 _OVERWRITE = "pass --force to replace it"
 
 

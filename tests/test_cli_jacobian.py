@@ -80,6 +80,35 @@ def test_command_line_exit_skips_the_last_collection(artifact, tmp_path):
     assert np.load(tmp_path / "J.npy").shape == (5, N_CLASSES, *SAMPLE_SHAPE)
 
 
+def test_a_float64_model_writes_float64_jacobians_unless_told_otherwise(tmp_path):
+    import jax
+    import torch
+
+    torch.manual_seed(0)
+    features = 2 * (SAMPLE_SHAPE[-1] - 4)
+    net = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 2, 5), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(features, 3)
+    )
+    x = make_data(tmp_path / "X.npy", 6).astype(np.float64)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net.double().eval(), x[:2], dtype="float64", check=False)
+        jaxjac.save(model, tmp_path / "net.jaxjac")
+        expected = jaxjac.jacobian(model, x)
+    # In a child process: the command line turns on 64-bit JAX for a float64 model, for good.
+    common = ["jacobian", str(tmp_path / "net.jaxjac"), str(tmp_path / "X.npy"), "--quiet", "--compile-cache", "off"]
+    code = (
+        "import sys\nfrom jaxjac.cli import main\n"
+        f"assert main({[*common, '-o', 'J64.npy']!r}) == 0\n"
+        f"sys.exit(main({[*common, '-o', 'J32.npy', '--dtype', 'float32']!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    J64, J32 = np.load(tmp_path / "J64.npy"), np.load(tmp_path / "J32.npy")
+    assert (J64.dtype, J32.dtype) == (np.float64, np.float32)
+    np.testing.assert_array_equal(J64, expected)
+    np.testing.assert_array_equal(J32, expected.astype(np.float32))
+
+
 def test_labels_and_log_probs(artifact, tmp_path, cache):
     x = make_data(tmp_path / "X.npy", 10)
     y = np.arange(10) % N_CLASSES

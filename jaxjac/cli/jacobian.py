@@ -97,7 +97,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     what.add_argument("--output", choices=("logits", "probs", "log-probs"), default="logits", help="default logits")
     how = p.add_argument_group("how")
-    how.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="output dtype (default float32)")
+    how.add_argument(
+        "--dtype",
+        choices=("float64", "float32", "float16", "bfloat16"),
+        help="output dtype (default: the model's, float32 or float64)",
+    )
     how.add_argument(
         "--batch-size",
         type=_batch_size,
@@ -208,7 +212,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
     job.model = model = _load_model(args.model)
     job.target = "all" if args.target is None else args.target
     job.output = args.output.replace("-", "_")
-    job.dtype = args.dtype or "float32"
+    job.dtype = args.dtype or model.spec.dtype  # a float64 model's Jacobians are not rounded unasked
     reader = open_reader(
         args.data, sample_shape=model.sample_shape, dtype=model.dtype, key=args.key, cube=args.cube, flag="DATA"
     )
