@@ -118,8 +118,7 @@ def attribution_batch_size(model: ConvertedModel, options: AttributionOptions, n
         precision=options.precision,
         n_rows=n_rows * options.draws,
     )
-    per_device = max(rows // jax.device_count() // options.draws, 1)
-    return (1 << (per_device.bit_length() - 1)) * jax.device_count()
+    return _power_of_two_per_device(max(rows // jax.device_count() // options.draws, 1))
 
 
 def memory_limit(device: jax.Device) -> int | None:
@@ -143,6 +142,11 @@ def _rows_per_device(n_rows: int) -> int:
 def _rows_per_call(n_rows: int) -> int:
     """`n_rows` per device rounded up to a power of two, times the device count."""
     return (1 << (_rows_per_device(n_rows) - 1).bit_length()) * jax.device_count()
+
+
+def _power_of_two_per_device(per_device: int) -> int:
+    """`per_device` (at least 1) rounded down to a power of two, times the device count."""
+    return (1 << (per_device.bit_length() - 1)) * jax.device_count()
 
 
 def auto_batch_size(
@@ -192,5 +196,4 @@ def auto_batch_size(
         # Devices of one host share its caches.
         budget = CPU_BATCH_BYTES / len(devices)
         per_device = min(max(int(budget // max(temp_bytes / probe, 1.0)), low), high)
-    per_device = min(per_device, _rows_per_call(n_rows) // jax.device_count())
-    return (1 << (per_device.bit_length() - 1)) * jax.device_count()
+    return _power_of_two_per_device(min(per_device, _rows_per_call(n_rows) // jax.device_count()))

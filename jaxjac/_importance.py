@@ -287,15 +287,13 @@ def compute_importance(
         else:
             classes = y_sub
         report.rows, report.classes = rows, classes
-    from ._evaluate import why_no_selection_curves
+    from ._evaluate import selection_curves, why_no_selection_curves
 
     skipped = why_no_selection_curves(model) if plan.evaluate else None
     if skipped:
         data["evaluation_skipped"] = f"deletion and insertion curves skipped: {skipped}"
         phase(data["evaluation_skipped"])
     elif plan.evaluate:
-        from ._evaluate import selection_curves
-
         phase(f"deletion and insertion curves on {rows.size} rows against {plan.n_random} random rankings")
         data_mean = sink.totals["x_sum"] / sink.totals["count"][0]
         imputed = resolve_baseline(model, plan.eval_baseline, mean=lambda: data_mean)

@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from ._errors import JaxjacError
+from ._errors import JaxjacError, first_line
 
 BF16_ATTR = "jaxjac_dtype"  # zarr attribute marking uint16 bit patterns as bfloat16 (see `_writers`)
 
@@ -43,8 +43,7 @@ def npy_header(f, where: str, size: int, start: int = 0):
         read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = read(f, max_header_size=1 << 20)
     except (ValueError, OSError, SyntaxError, EOFError, struct.error, zlib.error, zipfile.BadZipFile) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise JaxjacError(f"{where} is not a valid .npy file ({msg})") from None
+        raise JaxjacError(f"{where} is not a valid .npy file ({first_line(e)})") from None
     if dtype.hasobject:
         raise JaxjacError(f"{where} holds Python objects (dtype {dtype}); expected a numeric array")
     offset = f.tell()
@@ -174,7 +173,7 @@ def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
         names: list[str] = []
         f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
-        raise JaxjacError(f"{where} is not a readable HDF5 file ({str(e).splitlines()[0]})") from None
+        raise JaxjacError(f"{where} is not a readable HDF5 file ({first_line(e)})") from None
     try:
         ds = f[pick_key(names, key.strip("/") if key else key, where, "datasets")]
         if ds.dtype.kind not in "biuf":
@@ -187,7 +186,7 @@ def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
         try:
             return ds[lo:hi]
         except (OSError, RuntimeError, ValueError) as e:
-            raise JaxjacError(f"{where} is corrupt: reading rows {lo}:{hi} failed ({str(e).splitlines()[0]})") from None
+            raise JaxjacError(f"{where} is corrupt: reading rows {lo}:{hi} failed ({first_line(e)})") from None
 
     return ArraySource(ds, get=get, close=f.close)
 
@@ -249,8 +248,7 @@ def open_torch(path: str, where: str, key: str | None) -> ArraySource:
         except RuntimeError:  # the legacy (non-zip) format can't be memory-mapped
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JaxjacError(f"{where} could not be loaded with torch.load(weights_only=True) ({first})") from None
+        raise JaxjacError(f"{where} could not be loaded with torch.load(weights_only=True) ({first_line(e)})") from None
     if isinstance(obj, dict):
         names = [str(k) for k, v in obj.items() if isinstance(v, torch.Tensor)]
         obj = obj[pick_key(names, key, where, "tensors")]
