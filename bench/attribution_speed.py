@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,8 +92,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# jaxjac attributions against captum, {report['date']}",
         "",
-        f"Device: {report['device']}; CPU: {report['cpu']} ({report['cpu_count']} cores); "
-        f"jax {report['versions']['jax']}, torch {report['versions']['torch']}, "
+        f"Device: {report['device_kind']} ({report['device']}); CPU: {report['cpu_model']} ({report['cpu_count']} "
+        f"cores); jax {report['versions']['jax']}, torch {report['versions']['torch']}, "
         f"captum {report['versions']['captum']}.",
         f"Settings: {DRAWS} steps or draws per sample, predicted class, captum batches of "
         f"{report['torch_batch']} samples, best of {report['repeats']}.",
@@ -123,12 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import captum
     import jax
-    import torch
 
     import jaxjac
 
     from .models import SAMPLE_SHAPE, build
-    from .report import cpu_model, slug
+    from .report import device_info, slug
 
     x = np.random.default_rng(0).standard_normal((args.n, *SAMPLE_SHAPE)).astype(np.float32)
     rows = []
@@ -144,19 +142,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["max_rel_difference"] = ig_difference(net, model, x[:8])
             print(json.dumps(row), flush=True)
             rows.append(row)
-    device = jax.devices()[0]
+    info = device_info(jax.devices()[0].platform)
     report = {
         "date": datetime.date.today().isoformat(),
-        "device": device.platform,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "versions": {"jax": jax.__version__, "torch": torch.__version__, "captum": captum.__version__},
+        **info,
+        "versions": {**info["versions"], "captum": captum.__version__},
         "n": args.n,
         "torch_batch": args.torch_batch,
         "repeats": args.repeats,
         "rows": rows,
     }
-    info = {"device": device.platform, "device_kind": device.device_kind, "cpu_model": report["cpu"]}
     stem = args.out_dir / f"{report['date']}-{slug(info)}-attributions"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
