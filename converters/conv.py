@@ -60,6 +60,11 @@ def convolution(
     `(N, *spatial, C_in)` and the result `(N, *out, C_out)`.
     """
     n_spatial = x.ndim - 2
+    # torch records one value for all axes where it can: `padding="valid"` on a
+    # Conv2d exports as `padding=[0]`, which torch's kernel repeats per axis.
+    stride, padding, dilation, output_padding = (
+        _per_axis(v, n_spatial) for v in (stride, padding, dilation, output_padding)
+    )
     numbers = _dimension_numbers(n_spatial, channels_last)
     (x, weight), result = product_operands(x, weight)
     if transposed:
@@ -79,6 +84,12 @@ def convolution(
         # Explicit ranks: a user may run JAX with jax_numpy_rank_promotion="raise".
         y = y + bias.reshape((1,) * (n_spatial + 1) + (-1,) if channels_last else (1, -1) + (1,) * n_spatial)
     return y
+
+
+def _per_axis(values: Sequence[int], n_spatial: int) -> tuple[int, ...]:
+    """`values` for each spatial axis; one value stands for every axis, as in torch's convolution."""
+    values = tuple(values)
+    return values * n_spatial if len(values) == 1 else values
 
 
 def _cpu_form_or(

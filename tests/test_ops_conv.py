@@ -133,6 +133,30 @@ def test_functional(make: Callable[[], nn.Module], dtype: str) -> None:
     assert_converts(make(), SAMPLE, dtype, n=2)
 
 
+# 2D and 3D convolutions (EEG models convolve over (electrodes, time)). torch
+# records `padding="valid"` as one value for every axis: `padding=[0]`.
+CONV_ND = {
+    "conv2d-valid": (lambda: nn.Conv2d(CHANNELS, 4, (1, 5), padding="valid"), (CHANNELS, 3, 12)),
+    "conv2d-valid-depthwise": (
+        lambda: nn.Conv2d(CHANNELS, 6, (2, 1), groups=CHANNELS, padding="valid"),
+        (CHANNELS, 3, 12),
+    ),
+    "conv2d-same-stride-dilation": (
+        lambda: nn.Conv2d(CHANNELS, 4, (3, 4), padding="same", dilation=(1, 2)),
+        (CHANNELS, 5, 12),
+    ),
+    "conv2d-int-options": (lambda: nn.Conv2d(CHANNELS, 4, 3, stride=2, padding=1, dilation=2), (CHANNELS, 7, 12)),
+    "conv3d-valid": (lambda: nn.Conv3d(CHANNELS, 2, (1, 2, 3), padding="valid"), (CHANNELS, 2, 3, 8)),
+    "conv-transpose2d": (lambda: nn.ConvTranspose2d(CHANNELS, 2, (1, 3), stride=2, output_padding=1), (CHANNELS, 2, 6)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("make", "sample"), CONV_ND.values(), ids=CONV_ND.keys())
+def test_conv_2d_and_3d(make: Callable[[], nn.Module], sample: tuple[int, ...], dtype: str) -> None:
+    assert_converts(make(), sample, dtype, n=2)
+
+
 # -- the CPU forms of thin 1D convolutions (converters/conv.py) -----------------
 #
 # `(in_channels, length, Conv1d options)`: every case takes the tiled path on
