@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .registry import register
+from .registry import ModelError, register
 
 
 @register("aten.relu.default")
@@ -113,5 +113,5 @@ def rrelu_with_noise(
 ) -> tuple[Array, Array]:
     """RReLU in eval mode: a leaky ReLU of slope `(lower + upper) / 2`; `noise` passes through unchanged."""
     if training:
-        raise ValueError("RReLU in training mode draws random slopes; put the model in eval mode (net.eval())")
+        raise ModelError("RReLU in training mode draws random slopes; put the model in eval mode (net.eval())")
     return leaky_relu(x, (lower + upper) / 2), noise

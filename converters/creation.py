@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .registry import register
+from .registry import ModelError, register
 
 Scalar = bool | int | float
 
@@ -153,7 +153,7 @@ def assert_async(condition: jax.Array, message: str = "assertion failed") -> Non
     as the graph says (`one_hot` of an index out of range is a row of zeros).
     """
     if not isinstance(condition, jax.core.Tracer) and not bool(np.asarray(condition)):
-        raise ValueError(f"torch's assertion in the model failed: {message}")
+        raise ModelError(f"torch's assertion in the model failed: {message}")
     return None
 
 

@@ -14,6 +14,15 @@ from typing import Any
 
 LoweringFn = Callable[..., Any]
 
+
+class ModelError(ValueError):
+    """A problem a rule found in the model itself (a failed assertion, a layer left in training mode).
+
+    The model's user can fix it, unlike any other exception a rule raises,
+    which is a gap in the rule; the interpreter reports the two differently.
+    """
+
+
 _LOWERINGS: dict[str, LoweringFn] = {}
 
 # Optional second lowerings that take and give channels-last values; see `layout.py`.

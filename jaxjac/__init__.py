@@ -26,6 +26,7 @@ from ._artifact import load as load
 from ._artifact import save as save
 from ._errors import ConversionCheckError as ConversionCheckError
 from ._errors import JaxjacError as JaxjacError
+from ._errors import LoweringError as LoweringError
 from ._errors import UnsupportedOpError as UnsupportedOpError
 from ._jacobian import jacobian as jacobian
 from ._jacobian import jacobian_fn as jacobian_fn
@@ -49,6 +50,7 @@ __all__ = [
     "ConvertedModel",
     "ImportanceReport",
     "JaxjacError",
+    "LoweringError",
     "UnsupportedOpError",
     "attribute",
     "attribution_fn",

@@ -38,6 +38,18 @@ class UnsupportedOpError(JaxjacError):
         self.op = op
 
 
+class LoweringError(JaxjacError):
+    """An ATen op has a lowering, but it failed on the arguments this model gives it: a gap in jaxjac."""
+
+    def __init__(self, op: str, where: str, error: BaseException) -> None:
+        super().__init__(
+            f"ATen op `{op}` from {where} failed to lower ({type(error).__name__}: {first_line(error)}); "
+            f"its rule does not cover these arguments. Please report it at {ISSUES_URL} with the layer "
+            "that produced it (--debug, or the exception's __cause__, has the traceback)"
+        )
+        self.op = op
+
+
 class ConversionCheckError(JaxjacError):
     """The converted model disagrees with torch beyond the tolerance."""
 

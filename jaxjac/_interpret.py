@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import converters
-from ._errors import UnsupportedOpError
+from ._errors import JaxjacError, LoweringError, UnsupportedOpError, first_line
 from ._graph import DType, Graph, Ref
 from .converters.layout import contains_channels_last, to_logical
-from .converters.registry import channels_last_rule
+from .converters.registry import ModelError, channels_last_rule
 
 LAYOUTS = ("channels-last", "channels-first")
 # Measured on XLA CPU (bench/layout_probe.py): see converters/layout.py.
@@ -137,10 +137,19 @@ def run_graph(
                 raise UnsupportedOpError(node.op, node.where())
             args = [value(a) for a in node.args]
             kwargs = {k: value(v) for k, v in node.kwargs}
-            if layout == "channels-last" and fn is not operator.getitem:
-                env[node.name] = _call_channels_last(node.op, fn, args, kwargs)
-            else:
-                env[node.name] = fn(*args, **kwargs)
+            try:
+                if layout == "channels-last" and fn is not operator.getitem:
+                    env[node.name] = _call_channels_last(node.op, fn, args, kwargs)
+                else:
+                    env[node.name] = fn(*args, **kwargs)
+            except (JaxjacError, MemoryError):
+                raise
+            except ModelError as error:
+                raise JaxjacError(f"{node.where()}: {first_line(error)}") from error
+            except Exception as error:
+                # Samples were checked against the model's shape before this, so
+                # a rule failing here is a case it does not handle: name it.
+                raise LoweringError(node.op, node.where(), error) from error
         return tuple(to_logical(value(ref)) for ref in graph.outputs)
 
 

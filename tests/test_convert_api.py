@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from helpers import assert_converts
 
 import jaxjac
 import jaxjac._convert
 from jaxjac import converters
 from jaxjac._graph_model import batched_forward as _batched_forward
+from jaxjac.cli import main
 from jaxjac.converters import registry
 
 
@@ -51,6 +55,60 @@ def small_net(length=8):
 def test_unsupported_op_names_op_module_and_where_to_report():
     with pytest.raises(jaxjac.UnsupportedOpError, match=r"aten\.special_bessel_j0\.default.*module `odd`.*report"):
         jaxjac.convert(WithUnsupported().eval(), torch.randn(2, 1, 8))
+
+
+def _failing_relu(monkeypatch) -> None:
+    """Stand in for a rule that does not cover its arguments: aten.relu's raises a TypeError."""
+
+    def relu(x):
+        raise TypeError("Wrong number of explicit pads\nsecond line")
+
+    monkeypatch.setitem(registry._LOWERINGS, "aten.relu.default", relu)
+
+
+def test_a_rule_that_fails_on_its_arguments_names_op_and_module(monkeypatch):
+    _failing_relu(monkeypatch)
+    with pytest.raises(
+        jaxjac.LoweringError, match=r"aten\.relu\.default.*module `3` \(.*ReLU\).*TypeError: Wrong"
+    ) as info:
+        jaxjac.convert(small_net(), torch.randn(2, 1, 8))
+    assert "second line" not in str(info.value)
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def test_a_rule_that_fails_on_its_arguments_is_one_cli_line(monkeypatch, tmp_path, capsys):
+    torch.save(small_net(), tmp_path / "net.pt")
+    _failing_relu(monkeypatch)
+    code = main(
+        [
+            "convert",
+            str(tmp_path / "net.pt"),
+            "--input-shape",
+            "1,8",
+            "--allow-pickle",
+            "-o",
+            str(tmp_path / "net.jaxjac"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert re.fullmatch(r"jaxjac: error: ATen op `aten\.relu\.default` from module `3` .*report.*\n", err)
+    assert not (tmp_path / "net.jaxjac").exists()
+
+
+class RandomSlopes(nn.Module):
+    def forward(self, x):
+        return F.rrelu(x, 0.1, 0.3, training=True).sum(-1)
+
+
+def test_a_problem_a_rule_finds_in_the_model_is_the_users_to_fix():
+    # Not reported as a gap in jaxjac's rule: the model itself asks for random slopes.
+    with pytest.raises(
+        jaxjac.JaxjacError, match=r"^module `<root>` \(.*RandomSlopes\): RReLU in training mode"
+    ) as info:
+        jaxjac.convert(RandomSlopes().eval(), torch.randn(2, 1, 8))
+    assert not isinstance(info.value, jaxjac.LoweringError)
 
 
 def test_train_mode_is_converted_as_eval_with_a_warning():
