@@ -6,6 +6,8 @@ The reference is the per-sample loop users start from:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -94,14 +96,23 @@ def check_conversion(
     if not finite.all():
         report["probes_left_out"] = int((~finite).sum())  # torch not finite there
     failed = []
-    for key, actual, expected in (("outputs", actual_out, expected_out), ("jacobians", actual_jac, expected_jac)):
-        actual, expected = actual[finite], expected[finite]
+    arrays = {
+        "outputs": (actual_out[finite], expected_out[finite]),
+        "jacobians": (actual_jac[finite], expected_jac[finite]),
+    }
+    for key, (actual, expected) in arrays.items():
         abs_err, rel_err = relative_error(actual, expected)
         scale = float(np.max(np.abs(expected))) if expected.size else 0.0
         report[f"{key}_max_abs_error"] = abs_err
         report[f"{key}_max_rel_error"] = rel_err
         if not (np.all(np.isfinite(actual)) and abs_err <= atol + rtol * scale):
-            failed.append(f"{key}: max relative error {rel_err:.3g} (absolute {abs_err:.3g})")
+            failed.append(key)
+    if failed and np.dtype(model.dtype) == np.float32:
+        failed = _unless_float32_rounding(net, x[torch.as_tensor(finite)], arrays, failed, output_index, report)
+    failed = [
+        f"{key}: max relative error {report[f'{key}_max_rel_error']:.3g} (absolute {report[f'{key}_max_abs_error']:.3g})"
+        for key in failed
+    ]
     report["passed"] = not failed
     if failed:
         raise ConversionCheckError(
@@ -112,6 +123,48 @@ def check_conversion(
             report,
         )
     return report
+
+
+# A float32 conversion passes a failed comparison when, against torch's own
+# float64 Jacobians, it is off by at most this many times torch's float32: a
+# deep or wide model (braindecode's EEGInceptionMI: 8.9M parameters) can sum
+# rounding beyond any fixed tolerance, while a lowering bug is off by far more.
+# Where torch's own float32 is off by more than MAX_FLOAT32_ROUNDING, rounding is
+# not the story (a forward that changes its weights, or draws random numbers).
+ROUNDING_FACTOR = 4.0
+MAX_FLOAT32_ROUNDING = 1e-3
+
+
+def _unless_float32_rounding(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+    failed: list[str],
+    output_index: int | None,
+    report: dict,
+) -> list[str]:
+    """The `failed` keys that float32 rounding does not explain, measured against torch in float64.
+
+    Where torch cannot run the model in float64 (a graph with a dtype fixed
+    inside, say), nothing is explained and `failed` comes back whole.
+    """
+    try:
+        net64 = copy.deepcopy(net)._apply(
+            lambda t: t.double() if t.is_floating_point() else t.to(torch.complex128) if t.is_complex() else t
+        )
+        truth = dict(zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index), strict=True))
+    except Exception:  # torch raises many types for a model that cannot run in float64
+        return failed
+    if any(v.dtype != np.float64 for v in truth.values()):
+        return failed
+    still = []
+    for key in failed:
+        ours, theirs = (relative_error(a, truth[key])[1] for a in arrays[key])
+        report[f"{key}_float64_reference"] = {"jaxjac_float32_rel_error": ours, "torch_float32_rel_error": theirs}
+        if not (ours <= ROUNDING_FACTOR * theirs and theirs <= MAX_FLOAT32_ROUNDING):
+            still.append(key)
+    report["explained_by_float32_rounding"] = [key for key in failed if key not in still]
+    return still
 
 
 def format_report(report: dict) -> str:
@@ -125,5 +178,11 @@ def format_report(report: dict) -> str:
             f"; {report['probes_left_out']} probes left out, where torch is not finite"
             if "probes_left_out" in report
             else ""
+        )
+        + "".join(
+            f"; {key} beyond rtol by float32 rounding alone: {ref['jaxjac_float32_rel_error']:.2e} from torch's "
+            f"float64, torch's own float32 {ref['torch_float32_rel_error']:.2e}"
+            for key in report.get("explained_by_float32_rounding", ())
+            for ref in [report[f"{key}_float64_reference"]]
         )
     )

@@ -124,3 +124,23 @@ def assert_converts(
             actual_jac = jaxjac.jacobian(model, xt.numpy(), method=method)
             assert_close(actual_jac, expected_jac, dtype, f"Jacobians ({method})")
     return model
+
+
+def swap_lowering(monkeypatch, request, op: str, fn) -> None:
+    """Replace `op`'s lowering with `fn` for one test, as a stand-in for a lowering bug.
+
+    Compiled functions are cached per graph, so they are dropped before the
+    swap (other tests may have compiled the same graph) and after the test.
+    """
+    from jaxjac import _formulations, _run
+    from jaxjac._graph_model import batched_forward
+    from jaxjac.converters import registry
+
+    def drop_compiled() -> None:
+        for cache in (batched_forward, _formulations._core, _run._jacobian_program):
+            cache.cache_clear()
+        _run._COMPILED.clear()
+
+    drop_compiled()
+    request.addfinalizer(drop_compiled)
+    monkeypatch.setitem(registry._LOWERINGS, op, fn)

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_converts
+from helpers import assert_converts, swap_lowering
 
 import jaxjac
 import jaxjac._convert
 from jaxjac import converters
-from jaxjac._graph_model import batched_forward as _batched_forward
+from jaxjac._check import ROUNDING_FACTOR, format_report
 from jaxjac.cli import main
 from jaxjac.converters import registry
 
@@ -139,17 +139,24 @@ def test_float64_needs_x64():
 
 
 def test_check_catches_a_wrong_lowering(monkeypatch, request):
-    # Swap ReLU's lowering for the identity: a bug that shows in nearly every row.
-    # Compiled functions are cached per graph: use a graph no other test builds,
-    # and drop what this test compiled.
-    for cache in (_batched_forward, jaxjac._formulations._core, jaxjac._run._jacobian_program):
-        request.addfinalizer(cache.cache_clear)
-    request.addfinalizer(jaxjac._run._COMPILED.clear)
-    monkeypatch.setitem(registry._LOWERINGS, "aten.relu.default", lambda x: x)
+    # ReLU's lowering swapped for the identity: a bug that shows in nearly every row.
+    swap_lowering(monkeypatch, request, "aten.relu.default", lambda x: x)
     with pytest.raises(jaxjac.ConversionCheckError, match=r"outputs: max relative error .*jacobians") as info:
         jaxjac.convert(small_net(length=11), torch.randn(2, 1, 11))
     assert info.value.report["passed"] is False
     assert info.value.report["outputs_max_rel_error"] > 1e-3
+
+
+def test_float32_rounding_beyond_the_tolerance_is_told_from_a_bug():
+    # A tolerance no float32 kernel meets stands in for a deep model's rounding:
+    # against torch's float64, jaxjac's float32 is as close as torch's own.
+    net, x = small_net(length=13), torch.randn(3, 1, 13)
+    model = jaxjac.convert(net, x, rtol=1e-12)
+    report = model.metadata["check"]
+    assert report["passed"] and report["explained_by_float32_rounding"] == ["outputs", "jacobians"]
+    reference = report["jacobians_float64_reference"]
+    assert 0 < reference["jaxjac_float32_rel_error"] <= ROUNDING_FACTOR * reference["torch_float32_rel_error"] < 1e-5
+    assert "beyond rtol by float32 rounding alone" in format_report(report)
 
 
 def test_check_report_is_kept_in_metadata():
