@@ -161,6 +161,56 @@ def slice_(x: jax.Array, dim: int = 0, start: int | None = None, end: int | None
     return x[_slice_index(x.ndim, dim, start, end, step)]
 
 
+@register("aten.as_strided.default", "aten.as_strided_copy.default")
+def as_strided(
+    x: jax.Array,
+    size: Sequence[int],
+    stride: Sequence[int],
+    storage_offset: int | None = None,
+    *,
+    input_strides: Sequence[int] | None = None,
+) -> jax.Array:
+    """torch's `as_strided`: element `i` of the result is storage element `offset + sum(i * stride)` of `x`.
+
+    JAX arrays have no storage, so `input_strides`, the strides `x` had in
+    torch (recorded from the export's metadata), map storage positions back
+    to `x`'s elements; `x` must fill its storage exactly (a dense tensor in
+    any dimension order, not a slice of a larger one). torch's decompositions
+    use `as_strided` to restride a result (adaptive pooling of a transposed
+    input), which this reads as a reshape.
+
+    **Returns:** `(*size)`.
+    """
+    if input_strides is None:
+        raise ValueError("as_strided needs the strides of its input in torch, which the lowering records")
+    shape = tuple(x.shape)
+    storage = _storage_positions(shape, tuple(input_strides)).reshape(-1)
+    if not np.array_equal(np.sort(storage), np.arange(storage.size)):
+        raise ValueError(
+            f"as_strided of a tensor {shape} with strides {tuple(input_strides)} that does not fill its storage"
+        )
+    element_at = np.empty(storage.size, np.int64)
+    element_at[storage] = np.arange(storage.size)
+    wanted = (storage_offset or 0) + _storage_positions(tuple(size), tuple(stride))
+    if wanted.size and (wanted.min() < 0 or wanted.max() >= storage.size):
+        raise ValueError(
+            f"as_strided reads storage positions {wanted.min()}..{wanted.max()} of a tensor of {storage.size}"
+        )
+    index = element_at[wanted.reshape(-1)]
+    flat = x.reshape(-1)
+    if np.array_equal(index, np.arange(storage.size)):
+        return flat.reshape(tuple(size))  # a restride of the same elements, in order
+    return jnp.take(flat, jnp.asarray(index), axis=0).reshape(tuple(size))
+
+
+def _storage_positions(shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """The storage position of each element of a tensor `shape` with `strides`, row-major `(*shape)`."""
+    positions = np.zeros(shape, np.int64)
+    for axis, (n, step) in enumerate(zip(shape, strides, strict=True)):
+        positions += (np.arange(n) * step).reshape((n,) + (1,) * (len(shape) - axis - 1))
+    return positions
+
+
 @register("aten.slice_scatter.default")
 def slice_scatter(
     x: jax.Array, src: jax.Array, dim: int = 0, start: int | None = None, end: int | None = None, step: int = 1

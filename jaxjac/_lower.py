@@ -115,6 +115,7 @@ def lower_program(
             val = fx_node.meta.get("val")
             if "dtype" in kwargs and kwargs["dtype"] is None and isinstance(val, torch.Tensor):
                 kwargs["dtype"] = val.dtype
+            kwargs.update(_memory_layout(fx_node))
             path, kind = _module_of(fx_node)
             nodes.append(
                 Node(
@@ -133,6 +134,21 @@ def lower_program(
     graph = Graph(input_name=user_inputs[0], nodes=tuple(nodes), outputs=outputs, tensors=tuple(tensors))
     check_supported(graph)
     return graph, tensors
+
+
+# Ops whose values depend on how torch laid out their input in memory: the
+# lowering records the input's strides (from the export's metadata) for them.
+_STRIDED_OPS = frozenset({torch.ops.aten.as_strided.default, torch.ops.aten.as_strided_copy.default})
+
+
+def _memory_layout(fx_node: torch.fx.Node) -> dict[str, Any]:
+    """Extra static arguments for an op that reads its input's memory layout; none for any other op."""
+    if fx_node.target not in _STRIDED_OPS:
+        return {}
+    source = fx_node.args[0].meta.get("val") if isinstance(fx_node.args[0], torch.fx.Node) else None
+    if not isinstance(source, torch.Tensor) or source.storage_offset() != 0:
+        return {}  # the rule then says it cannot run without them
+    return {"input_strides": [int(s) for s in source.stride()]}
 
 
 def _output_names(program: torch.export.ExportedProgram, n: int) -> list[str]:

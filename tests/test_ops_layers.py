@@ -54,6 +54,48 @@ def test_dropout_and_identity(dtype):
     assert_converts(net, (2, 8), dtype)
 
 
+class PoolOfATransposedView(nn.Module):
+    """A Linear over time steps, then adaptive pooling of its transposed (non-contiguous) result.
+
+    torch's decomposition then restrides the pool's result with `as_strided`
+    (braindecode's BDTCN ends this way).
+    """
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.lin, self.pool = nn.Linear(4, 3), pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.lin(x.transpose(1, 2)).transpose(1, 2)).flatten(1)
+
+
+def strided(x: torch.Tensor, size: tuple[int, ...], stride: tuple[int, ...], offset: int | None = None) -> torch.Tensor:
+    """`x.as_strided` per sample; `clone` gives `x` storage of its own, at offset 0 as in a traced graph."""
+    return x.clone().as_strided((x.shape[0], *size), (x[0].numel(), *stride), offset)
+
+
+AS_STRIDED = {
+    "pool-transposed-avg": lambda: PoolOfATransposedView(nn.AdaptiveAvgPool1d(1)),
+    "pool-transposed-avg-3": lambda: PoolOfATransposedView(nn.AdaptiveAvgPool1d(3)),
+    "pool-transposed-max": lambda: PoolOfATransposedView(nn.AdaptiveMaxPool1d(2)),
+    "overlapping-windows": lambda: Apply(nn.Identity(), head=lambda x: strided(x, (4, 4, 3), (9, 2, 1)).flatten(1) * 2),
+    "transposed-read-with-offset": lambda: Apply(
+        nn.Identity(), head=lambda x: strided(x, (5, 3), (1, 9), 2).flatten(1).tanh()
+    ),
+    # The input is a transposed view: its storage is in x's order, not its own.
+    "of-a-transposed-view": lambda: Apply(
+        nn.Identity(), head=lambda x: x.clone().transpose(1, 2).as_strided((x.shape[0], 6, 6), (36, 6, 1)).flatten(1)
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", AS_STRIDED.values(), ids=AS_STRIDED.keys())
+def test_as_strided(make, dtype):
+    torch.manual_seed(0)
+    assert_converts(make(), (4, 9), dtype)
+
+
 class OneHotSelector(nn.Module):
     """A concrete-autoencoder-style band selector: `F.one_hot` of learned logits picks 4 of 16 bands."""
 
