@@ -108,9 +108,12 @@ def check_conversion(
         if not (np.all(np.isfinite(actual)) and abs_err <= atol + rtol * scale):
             failed.append(key)
     if failed and np.dtype(model.dtype) == np.float32:
-        failed = _unless_float32_rounding(net, x[torch.as_tensor(finite)], arrays, failed, output_index, report)
+        failed = _unless_explained_in_float64(
+            net, x[torch.as_tensor(finite)], arrays, failed, output_index, rtol, atol, report
+        )
     failed = [
         f"{key}: max relative error {report[f'{key}_max_rel_error']:.3g} (absolute {report[f'{key}_max_abs_error']:.3g})"
+        + _float64_note(report.get(f"{key}_float64_reference"), report["n_probes"])
         for key in failed
     ]
     report["passed"] = not failed
@@ -125,25 +128,30 @@ def check_conversion(
     return report
 
 
-# A float32 conversion passes a failed comparison when, against torch's own
-# float64 Jacobians, it is off by at most this many times torch's float32: a
-# deep or wide model (braindecode's EEGInceptionMI: 8.9M parameters) can sum
-# rounding beyond any fixed tolerance, while a lowering bug is off by far more.
-# Where torch's own float32 is off by more than MAX_FLOAT32_ROUNDING, rounding is
-# not the story (a forward that changes its weights, or draws random numbers).
+# A float32 conversion that misses the tolerance against torch's float32 is
+# judged again against torch in float64, probe by probe. Two things make
+# correct float32 results miss: rounding, which deep or wide models sum beyond
+# any fixed tolerance (braindecode's EEGInceptionMI, 8.9M parameters), and
+# kinks, a ReLU input or a max tie within rounding of flipping, which change
+# one probe's rows in either torch's float32 or jaxjac's (tsai's InceptionTime,
+# braindecode's ContraWR). A probe passes within the tolerance, or within
+# ROUNDING_FACTOR times torch's own typical (median) float32 error; at most
+# KINK_FRACTION of the probes may miss, since a lowering bug shows in nearly all.
 ROUNDING_FACTOR = 4.0
-MAX_FLOAT32_ROUNDING = 1e-3
+KINK_FRACTION = 0.25
 
 
-def _unless_float32_rounding(
+def _unless_explained_in_float64(
     net: torch.nn.Module,
     x: torch.Tensor,
     arrays: dict[str, tuple[np.ndarray, np.ndarray]],
     failed: list[str],
     output_index: int | None,
+    rtol: float,
+    atol: float,
     report: dict,
 ) -> list[str]:
-    """The `failed` keys that float32 rounding does not explain, measured against torch in float64.
+    """The `failed` keys that float32 rounding and kinks do not explain, measured against torch in float64.
 
     Where torch cannot run the model in float64 (a graph with a dtype fixed
     inside, say), nothing is explained and `failed` comes back whole.
@@ -157,14 +165,49 @@ def _unless_float32_rounding(
         return failed
     if any(v.dtype != np.float64 for v in truth.values()):
         return failed
-    still = []
-    for key in failed:
-        ours, theirs = (relative_error(a, truth[key])[1] for a in arrays[key])
-        report[f"{key}_float64_reference"] = {"jaxjac_float32_rel_error": ours, "torch_float32_rel_error": theirs}
-        if not (ours <= ROUNDING_FACTOR * theirs and theirs <= MAX_FLOAT32_ROUNDING):
-            still.append(key)
-    report["explained_by_float32_rounding"] = [key for key in failed if key not in still]
-    return still
+    verdicts = {key: float64_verdict(*arrays[key], truth[key], rtol, atol) for key in failed}
+    for key, verdict in verdicts.items():
+        report[f"{key}_float64_reference"] = verdict
+    report["explained_in_float64"] = [key for key, verdict in verdicts.items() if verdict["explained"]]
+    return [key for key, verdict in verdicts.items() if not verdict["explained"]]
+
+
+def float64_verdict(ours: np.ndarray, theirs: np.ndarray, truth: np.ndarray, rtol: float, atol: float) -> dict:
+    """Whether float32 rounding and kinks explain how jaxjac's float32 `ours` differs from torch's float32 `theirs`.
+
+    **Arguments:** `ours`, `theirs` and torch's float64 `truth`, all
+    `(P, ...)` for P probes; the check's `rtol` and `atol`.
+
+    **Returns:** a JSON-serialisable dict: the tolerance each probe is held
+    to (`rtol`, or `ROUNDING_FACTOR` times torch's median float32 error if
+    larger), how many probes missed it, both float32 errors, and
+    `explained`: at most `KINK_FRACTION` of the probes missed.
+    """
+    scale = float(np.max(np.abs(truth))) if truth.size else 0.0
+    ours_err, theirs_err = _per_probe_error(ours, truth, scale), _per_probe_error(theirs, truth, scale)
+    tolerance = max(rtol, ROUNDING_FACTOR * float(np.median(theirs_err))) if len(truth) else rtol
+    missed = int(np.sum(~(ours_err * scale <= atol + tolerance * scale)))
+    return {
+        "jaxjac_float32_max_rel_error": float(np.max(ours_err, initial=0.0)),
+        "torch_float32_max_rel_error": float(np.max(theirs_err, initial=0.0)),
+        "tolerance": tolerance,
+        "probes_missed": missed,
+        "explained": missed <= int(KINK_FRACTION * len(truth)),
+    }
+
+
+def _float64_note(verdict: dict | None, n_probes: int) -> str:
+    if verdict is None:
+        return ""
+    return f", and against torch in float64 {verdict['probes_missed']} of {n_probes} probes miss {verdict['tolerance']:.2g}"
+
+
+def _per_probe_error(actual: np.ndarray, expected: np.ndarray, scale: float) -> np.ndarray:
+    """Each probe's max |actual - expected| over `scale`: `(P,)`; NaN where `expected` is finite counts as inf."""
+    diff = np.abs(np.asarray(actual, np.float64) - expected).reshape(len(expected), -1)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    worst = diff.max(axis=1) if diff.size else np.zeros(len(expected))
+    return worst / scale if scale > 0 else worst
 
 
 def format_report(report: dict) -> str:
@@ -180,9 +223,10 @@ def format_report(report: dict) -> str:
             else ""
         )
         + "".join(
-            f"; {key} beyond rtol by float32 rounding alone: {ref['jaxjac_float32_rel_error']:.2e} from torch's "
-            f"float64, torch's own float32 {ref['torch_float32_rel_error']:.2e}"
-            for key in report.get("explained_by_float32_rounding", ())
+            f"; {key} beyond rtol against torch's float32, but against torch in float64 within "
+            f"{ref['tolerance']:.2g} on all but {ref['probes_missed']} of {report['n_probes']} probes (float32 "
+            f"rounding and kinks; torch's own float32 is off by up to {ref['torch_float32_max_rel_error']:.2e})"
+            for key in report.get("explained_in_float64", ())
             for ref in [report[f"{key}_float64_reference"]]
         )
     )

@@ -86,8 +86,9 @@ def convert(
     - `check_data`: probe inputs `(P, *sample_shape)`; default:
       `default_probes(example_input, n_probes, seed)`, samples like the
       example's.
-    - `rtol`, `atol`: the check's tolerance. In float32, a miss that torch's
-      own float32 rounding explains (see `_check.ROUNDING_FACTOR`) passes.
+    - `rtol`, `atol`: the check's tolerance. In float32, a miss that float32
+      rounding and kinks explain, against torch in float64, passes (see
+      `_check.float64_verdict`).
     - `metadata`: extra entries for `model.metadata`.
 
     **Returns:** a `ConvertedModel`; `model.metadata["check"]` holds the report.

@@ -15,7 +15,7 @@ from helpers import assert_converts, swap_lowering
 import jaxjac
 import jaxjac._convert
 from jaxjac import converters
-from jaxjac._check import ROUNDING_FACTOR, format_report
+from jaxjac._check import float64_verdict, format_report
 from jaxjac.cli import main
 from jaxjac.converters import registry
 
@@ -150,13 +150,51 @@ def test_check_catches_a_wrong_lowering(monkeypatch, request):
 def test_float32_rounding_beyond_the_tolerance_is_told_from_a_bug():
     # A tolerance no float32 kernel meets stands in for a deep model's rounding:
     # against torch's float64, jaxjac's float32 is as close as torch's own.
-    net, x = small_net(length=13), torch.randn(3, 1, 13)
-    model = jaxjac.convert(net, x, rtol=1e-12)
+    torch.manual_seed(0)
+    probes = np.random.default_rng(0).standard_normal((8, 1, 13))
+    model = jaxjac.convert(small_net(length=13), torch.randn(2, 1, 13), check_data=probes, rtol=1e-12)
     report = model.metadata["check"]
-    assert report["passed"] and report["explained_by_float32_rounding"] == ["outputs", "jacobians"]
-    reference = report["jacobians_float64_reference"]
-    assert 0 < reference["jaxjac_float32_rel_error"] <= ROUNDING_FACTOR * reference["torch_float32_rel_error"] < 1e-5
-    assert "beyond rtol by float32 rounding alone" in format_report(report)
+    assert report["passed"] and report["explained_in_float64"] == ["outputs", "jacobians"]
+    verdict = report["jacobians_float64_reference"]
+    assert verdict["probes_missed"] <= 2 and 0 < verdict["torch_float32_max_rel_error"] < 1e-5
+    assert "but against torch in float64 within" in format_report(report)
+
+
+def _float32_of(truth: np.ndarray, rng: np.random.Generator, rounding: float = 1e-7) -> np.ndarray:
+    return truth * (1 + rounding * rng.standard_normal(truth.shape))
+
+
+@pytest.mark.parametrize(
+    ("case", "explained"),
+    [
+        ("rounding beyond rtol, like torch's own", True),
+        ("a kink in one of 8 probes of jaxjac's", True),
+        ("a kink in one of 8 probes of torch's", True),
+        ("kinks in 2 of 8 probes", True),
+        ("off in 3 of 8 probes", False),
+        ("off in every probe", False),
+        ("rounding 10x torch's", False),
+        ("NaN in one probe", True),
+        ("NaN in every probe", False),
+    ],
+)
+def test_float64_verdict_takes_rounding_and_kinks_but_not_a_bug(case, explained):
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((8, 3, 1, 20))
+    ours, theirs = _float32_of(truth, rng), _float32_of(truth, rng)
+    off = {"a kink in one of 8 probes of jaxjac's": 1, "kinks in 2 of 8 probes": 2, "off in 3 of 8 probes": 3}.get(case)
+    if off:
+        ours[:off, :, :, 5] += 0.3  # one unit's contribution to every output, gone
+    if case == "a kink in one of 8 probes of torch's":
+        theirs[4, :, :, 5] += 0.3
+    if case == "off in every probe":
+        ours *= 1.01
+    if case == "rounding 10x torch's":
+        ours = _float32_of(truth, rng, rounding=1e-6)
+    if case.startswith("NaN"):
+        ours[: 1 if "one" in case else 8, 0, 0, 0] = np.nan
+    verdict = float64_verdict(ours, theirs, truth, rtol=1e-8, atol=0.0)
+    assert verdict["explained"] is explained, verdict
 
 
 def test_check_report_is_kept_in_metadata():

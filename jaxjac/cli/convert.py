@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--rtol",
         type=float,
         default=1e-4,
-        help="relative tolerance of the check (default 1e-4); in float32, a miss that float32 rounding explains (against torch in float64) passes",
+        help="relative tolerance of the check (default 1e-4); in float32, a miss that float32 rounding and kinks explain (against torch in float64) passes",
     )
     check.add_argument("--atol", type=float, default=0.0, help="absolute tolerance of the check (default 0)")
     parser.add_argument(
