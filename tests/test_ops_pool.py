@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import assert_converts, precision
 
+import jaxjac
 from jaxjac.converters import pool
 
 DTYPES = ("float32", "float64")
@@ -186,3 +189,22 @@ def test_conv_pool_stack_both_jacobian_methods() -> None:
         nn.AdaptiveMaxPool1d(3),
     )
     assert_converts(net, (CHANNELS, 13), "float64", n=2, methods=("vmap-jacrev", "batched-vjp"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: nn.MaxPool1d(3, stride=2, padding=1), id="resnet-stem-k3-s2-p1"),
+        pytest.param(lambda: nn.MaxPool1d(3, stride=1, padding=1), id="inception-k3-s1-p1"),
+        pytest.param(lambda: nn.MaxPool1d(3, stride=2, padding=1, dilation=2, ceil_mode=True), id="dilated-ceil"),
+    ],
+)
+def test_windows_at_a_regular_step_differentiate_without_a_scatter(make: Callable[[], nn.Module]) -> None:
+    # Overlapping windows at any stride are strided slices of the padded input,
+    # whose gradient is a pad; a gather's gradient is a scatter-add, which XLA's
+    # CPU backend runs several times slower.
+    model = jaxjac.convert(make().eval(), torch.zeros(1, CHANNELS, 16), check=False)
+    jacobian = jaxjac.jacobian_fn(model, target="all")
+    hlo = jax.jit(jacobian).lower(jnp.zeros((2, CHANNELS, 16))).compile().as_text()
+    assert " scatter(" not in hlo
+    assert " gather(" not in hlo
