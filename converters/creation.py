@@ -58,6 +58,25 @@ def arange_start(start: Scalar, end: Scalar, step: Scalar = 1, dtype: jnp.dtype 
     return jnp.asarray(values.astype(dtype))
 
 
+@register("aten.triu_indices.default")
+def triu_indices(row: int, col: int, offset: int = 0, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(2, n)`: the row and column indices of a `row` x `col` matrix's upper triangle, row by row.
+
+    `offset` shifts the diagonal as in torch (and numpy's `k`).
+    """
+    return _triangle(np.triu_indices(row, offset, col), dtype)
+
+
+@register("aten.tril_indices.default")
+def tril_indices(row: int, col: int, offset: int = 0, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(2, n)`: the row and column indices of a `row` x `col` matrix's lower triangle, row by row."""
+    return _triangle(np.tril_indices(row, offset, col), dtype)
+
+
+def _triangle(indices: tuple[np.ndarray, np.ndarray], dtype: jnp.dtype | None) -> jax.Array:
+    return jnp.asarray(np.stack(indices).astype(_canonical(dtype, jnp.int64)))
+
+
 @register("aten.arange.default")
 def arange(end: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
     """`(ceil(end),)`: `0, 1, ..., ceil(end) - 1`."""

@@ -96,6 +96,19 @@ def test_as_strided(make, dtype):
     assert_converts(make(), (4, 9), dtype)
 
 
+class UpperTriangleFeatures(nn.Module):
+    """Channel covariances' upper triangle, a common EEG feature, indexed with `torch.triu_indices`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = torch.triu_indices(x.shape[1], x.shape[1], offset=0)
+        return (x @ x.transpose(1, 2))[:, rows, cols]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triangle_indices_in_forward(dtype):
+    assert_converts(UpperTriangleFeatures(), (4, 9), dtype)
+
+
 class OneHotSelector(nn.Module):
     """A concrete-autoencoder-style band selector: `F.one_hot` of learned logits picks 4 of 16 bands."""
 
