@@ -31,6 +31,7 @@ from ._errors import UnsupportedOpError as UnsupportedOpError
 from ._jacobian import jacobian as jacobian
 from ._jacobian import jacobian_fn as jacobian_fn
 from ._versions import package_version as _package_version
+from ._xla_options import compiler_options as compiler_options
 
 if TYPE_CHECKING:
     from ._attribute import attribute as attribute
@@ -54,6 +55,7 @@ __all__ = [
     "UnsupportedOpError",
     "attribute",
     "attribution_fn",
+    "compiler_options",
     "importance",
     "jacobian",
     "jacobian_fn",

@@ -20,6 +20,7 @@ from ._errors import JaxjacError
 from ._graph_model import check_dtype_enabled
 from ._methods import AttributionOptions, attribution_core, attribution_shape, check_options, resolve_baseline
 from ._run import check_labels, run_stream
+from ._xla_options import jit
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -50,7 +51,8 @@ def attribution_fn(
     `(B, *sample_shape)` to `(B, *sample_shape)` (or `(B, K, *sample_shape)`
     for ``target="all"``). `labels` `(B,)` is required for ``target="label"``;
     `rows` `(B,)` are the rows' indices in your dataset, which seed the
-    SmoothGrad noise (default `0..B-1`). `fn` is pure and jittable; it reads
+    SmoothGrad noise (default `0..B-1`). `fn` is pure and jittable (under
+    your own `jax.jit` on CPUs, pass `compiler_options=jaxjac.compiler_options()`); it reads
     the model's tensors at each call, so a fine-tuned model is seen at once.
     A batch's draws (integrated gradients' `steps`, SmoothGrad's `samples`)
     run as one batch of `B * steps` (or `B * samples`) rows, so size `B`
@@ -112,7 +114,7 @@ def target_and_labels(model: ConvertedModel, n: int, target: Any, labels: Any) -
 
 @functools.lru_cache(maxsize=64)
 def _jit(core: Callable) -> Callable:
-    return jax.jit(core)
+    return jit(core)
 
 
 def attribute(

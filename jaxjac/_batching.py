@@ -12,6 +12,7 @@ import numpy as np
 from ._errors import JaxjacError
 from ._formulations import batch_jacobian_core
 from ._interpret import with_default_numpy_rules
+from ._xla_options import top_level_jit
 
 if TYPE_CHECKING:
     from ._methods import AttributionOptions
@@ -181,7 +182,7 @@ def auto_batch_size(
     def fn(t, x, lab):
         return core(t, x, lab)
 
-    stats = jax.jit(with_default_numpy_rules(fn)).lower(tensors, x, lab).compile().memory_analysis()
+    stats = top_level_jit(with_default_numpy_rules(fn)).lower(tensors, x, lab).compile().memory_analysis()
     temp_bytes = stats.temp_size_in_bytes if stats else 0
     if limit:
         tensor_bytes = sum(np.asarray(v).nbytes for v in tensors.values())

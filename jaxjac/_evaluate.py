@@ -28,6 +28,7 @@ from ._graph_model import ModelSpec
 from ._graph_model import batched_forward as _batched_forward
 from ._interpret import with_default_numpy_rules
 from ._model import ConvertedModel
+from ._xla_options import jit
 
 # A rank correlation below 0.5 means the trained ranking explains less than a
 # quarter of the randomised one's rank variance (rho^2 < 0.25): the scores
@@ -241,7 +242,7 @@ def _predict_fn(graph: Graph, spec: ModelSpec) -> Callable[..., jax.Array]:
         logits = forward(tensors, inputs.reshape(-1, *spec.sample_shape))
         return jnp.argmax(logits, axis=-1).reshape(masks.shape[0], x.shape[0]).astype(jnp.int32)
 
-    return jax.jit(predict)
+    return jit(predict)
 
 
 def randomized_model(model: ConvertedModel, seed: int = 0) -> ConvertedModel:

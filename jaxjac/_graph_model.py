@@ -24,6 +24,7 @@ import numpy as np
 from ._errors import JaxjacError
 from ._graph import Graph
 from ._interpret import check_supported, complex_dtype, run_graph, with_default_numpy_rules
+from ._xla_options import jit
 from .converters.products import bfloat16_operands
 
 SampleFn = Callable[[dict[str, jax.Array], jax.Array], jax.Array]
@@ -215,7 +216,7 @@ def batched_forward(graph: Graph, spec: ModelSpec) -> Callable[[dict[str, jax.Ar
         with jax.default_matmul_precision("highest"):
             return batched(tensors, x)
 
-    return jax.jit(forward)
+    return jit(forward)
 
 
 def output_shape_of(

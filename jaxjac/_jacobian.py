@@ -29,6 +29,7 @@ from ._formulations import (
 )
 from ._graph_model import check_dtype_enabled
 from ._run import output_shape, run_jacobian
+from ._xla_options import jit
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -65,7 +66,8 @@ def jacobian_fn(
     **Returns:** `fn(x)` (or `fn(x, labels)` for a labels target) mapping a
     batch `x` of shape `(N, *sample_shape)` to `(N, K, *sample_shape)` for
     ``"all"`` and `(N, *sample_shape)` for a single target. `fn` is pure and
-    may be called under your own `jax.jit`. The model's tensors are read at
+    may be called under your own `jax.jit` (on CPUs pass it
+    `compiler_options=jaxjac.compiler_options()`). The model's tensors are read at
     each call and passed to the jitted core as arguments, so a fine-tuned
     model is seen at once and new weights do not recompile. Labels that are
     not classes raise an error, or give NaN rows when they are only known
@@ -94,7 +96,7 @@ def jacobian_fn(
 
 @functools.lru_cache(maxsize=64)
 def _jit(core: Callable) -> Callable:
-    return jax.jit(core)
+    return jit(core)
 
 
 def jacobian(

@@ -38,6 +38,7 @@ import jax
 import jaxlib
 
 from ._durable import replace_atomically
+from ._xla_options import compiler_options
 
 SUBDIR = "jaxjac-programs"
 
@@ -63,6 +64,7 @@ def program_key(description: dict[str, Any], devices: list[jax.Device]) -> str:
         # Flags that change what XLA compiles, and the host CPU (an executable built for
         # one CPU's instruction set may not run on another sharing the same home folder).
         "flags": [os.environ.get(name) for name in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")],
+        "compiler_options": compiler_options(devices[0].platform) if devices else {},
         "host": _host(),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,

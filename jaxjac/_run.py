@@ -34,6 +34,7 @@ from ._formulations import batch_jacobian_core, check_labels
 from ._graph_model import check_dtype_enabled
 from ._interpret import with_default_numpy_rules
 from ._program_cache import cache_folder, load_or_compile, program_key
+from ._xla_options import compiler_options
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -314,7 +315,11 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
     # The input shardings come from the specs: batch arrays split over "batch", consts replicated.
     compiled, cached = load_or_compile(
         key,
-        lambda: jax.jit(with_default_numpy_rules(fn), out_shardings=rep if reduce else shard).lower(*specs).compile(),
+        lambda: (
+            jax.jit(with_default_numpy_rules(fn), out_shardings=rep if reduce else shard)
+            .lower(*specs)
+            .compile(compiler_options(mesh.devices.flat[0].platform))
+        ),
         in_tree=jax.tree.structure((specs, {})),
         out_tree=jax.tree.structure(0),  # a row program's one result array (reduce programs have no key)
         probe_args=lambda: _probe_args(specs, consts),
