@@ -18,6 +18,7 @@ Two other modes (`Baseline.mode`) say how the worker calls `run`:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +216,24 @@ def _jaxjac_streamed(target: str) -> Callable[[Context], Run]:
     return make
 
 
+def _jaxjac_streamed_pinned_output(ctx: Context) -> Run:
+    """`jaxjac.jacobian` with its compiled program writing results into page-locked host memory."""
+    import jaxjac
+    from jaxjac import _run
+
+    def run(x: np.ndarray) -> np.ndarray:
+        previous = os.environ.get(_run._OUTPUT_MEMORY_ENV)
+        os.environ[_run._OUTPUT_MEMORY_ENV] = "pinned_host"
+        try:
+            return jaxjac.jacobian(ctx.model, x)
+        finally:
+            os.environ.pop(_run._OUTPUT_MEMORY_ENV)
+            if previous is not None:
+                os.environ[_run._OUTPUT_MEMORY_ENV] = previous
+
+    return run
+
+
 def _jaxjac_forward(ctx: Context) -> Run:
     return lambda x: np.asarray(ctx.model(x))
 
@@ -237,6 +256,14 @@ BASELINES: dict[str, Baseline] = {
         Baseline("jaxjac.jacobian (streamed)", "jax", "all", _jaxjac_streamed("all"), mode="stream"),
         Baseline(
             "jaxjac.jacobian predicted (streamed)", "jax", "predicted", _jaxjac_streamed("predicted"), mode="stream"
+        ),
+        Baseline(
+            "jaxjac.jacobian (streamed, pinned output)",
+            "jax",
+            "all",
+            _jaxjac_streamed_pinned_output,
+            mode="stream",
+            devices=("gpu",),
         ),
         Baseline("torch best (pinned host)", "torch", "all", _torch_best_pinned, devices=("gpu",)),
         Baseline("jaxjac vmap-jacrev (pinned host)", "jax", "all", _jaxjac_pinned, devices=("gpu",)),

@@ -7,7 +7,8 @@
 #
 # Environment knobs (defaults in brackets):
 #   PYTHON [python3]   BENCH_DEVICE [gpu] (cpu: a dry run of this script anywhere)
-#   BENCH_MODELS [seed-cnn] (every baseline)   WIDE_MODELS [wide-cnn] (the rows the targets need; '' skips)
+#   BENCH_MODELS [seed-cnn]   BENCH_BASELINES [every baseline, or a comma list]
+#   WIDE_MODELS [wide-cnn] (the rows the targets need; '' skips)
 #   BENCH_ARGS [extra flags for python -m bench]
 #   E2E_N [10000000]   E2E_DIR [/tmp/jaxjac-e2e] (needs 3 x E2E_N x 896 bytes of disk: 27 GB for 10M)
 #   SKIP_INSTALL / SKIP_TESTS / SKIP_BENCH / SKIP_E2E [0]
@@ -21,6 +22,7 @@ DEVICE="${BENCH_DEVICE:-gpu}"
 MODELS="${BENCH_MODELS:-seed-cnn}"
 WIDE="${WIDE_MODELS-wide-cnn}"
 WIDE_BASELINES="torch best,torch best + compile,torch best (pinned host),jaxjac vmap-jacrev,jaxjac batched-vjp,jaxjac.jacobian (streamed),\
+jaxjac.jacobian (streamed, pinned output),\
 torch best (on device),jaxjac vmap-jacrev (on device),jaxjac forward,jaxjac one VJP"
 E2E_N="${E2E_N:-10000000}"
 E2E_DIR="${E2E_DIR:-/tmp/jaxjac-e2e}"
@@ -99,8 +101,10 @@ fi
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
     step "benchmark: python -m bench --device $DEVICE --models $MODELS (every baseline)"
     # shellcheck disable=SC2086
+    SEED_SELECTION=()
+    [[ -n "${BENCH_BASELINES:-}" ]] && SEED_SELECTION=(--baselines "$BENCH_BASELINES")
     run "python -m bench --device $DEVICE --models $MODELS" 230 "$PY" -m bench --device "$DEVICE" --models "$MODELS" \
-        --timeout 60 --repeats 2 --tag gpu ${BENCH_ARGS:-}
+        --timeout 60 --repeats 2 --tag gpu "${SEED_SELECTION[@]}" ${BENCH_ARGS:-}
 fi
 
 if [[ "${SKIP_E2E:-0}" != 1 ]]; then
@@ -113,6 +117,11 @@ if [[ "${SKIP_E2E:-0}" != 1 ]]; then
             -o "$2/J.npy" --target predicted --json > "$2/cli.json"' _ "$JAXJAC" "$E2E_DIR"
         run "e2e: bounds (disk copy, PCIe, compute)" 90 "$PY" -m bench.io_bound summarize "$E2E_DIR" \
             "$OUT/gpu-$STAMP-e2e.json"
+        # The same command with the program writing its results into page-locked host memory.
+        rm -f "$E2E_DIR/J.npy"
+        run "e2e: jaxjac jacobian --target predicted, pinned output" 100 env JAXJAC_OUTPUT_MEMORY=pinned_host \
+            bash -c '"$1" jacobian "$2/seed-cnn.jaxjac" "$2/X.npy" -o "$2/J.npy" --target predicted --json > "$3"' \
+            _ "$JAXJAC" "$E2E_DIR" "$OUT/gpu-$STAMP-e2e-pinned-output-cli.json"
     else
         record "FAIL     e2e: no jaxjac command next to $PY or on PATH"; FAILED+=("e2e")
     fi
@@ -126,8 +135,10 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
     XDIST=()
     # pytest-benchmark (in some images) refuses to run under xdist: switch it off.
     "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4 -p no:benchmark)
-    TESTS=(tests/test_architectures.py tests/test_jacobian.py tests/test_api_contracts.py)
+    TESTS=(tests/test_architectures.py tests/test_jacobian.py tests/test_api_contracts.py tests/test_compiler_options.py)
+    # The TF32-off run also has each program write its results into page-locked host memory.
     run "pytest agreement, TF32 off" 130 env NVIDIA_TF32_OVERRIDE=0 JAX_DEFAULT_MATMUL_PRECISION=highest \
+        JAXJAC_OUTPUT_MEMORY=pinned_host \
         "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" "${TESTS[@]}" \
         > "$OUT/gpu-$STAMP-tests-tf32-off.log" 2>&1 &
     OFF=$!

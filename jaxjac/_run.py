@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 # Test-only: seconds to sleep before dispatching each batch, so that tests can
 # interrupt a run reliably. Not a user setting.
 _TEST_DELAY_ENV = "JAXJAC_TEST_BATCH_DELAY"
+# Where a row program leaves its results on GPUs: "device" memory, copied to the
+# host batch by batch, or "pinned_host", page-locked host memory that the program
+# writes itself, which the copy engines move at full PCIe speed. An experiment
+# switch while `bench/output_memory.py` measures the two; not a user setting.
+_OUTPUT_MEMORY_ENV = "JAXJAC_OUTPUT_MEMORY"
 _END = object()
 FIRST_BAD_ROWS = 10
 ROW_INDEX_MODULUS = 2**31
@@ -256,7 +261,8 @@ def run_stream(
                 args.append(to_devices(item.labels))
             y = compiled(*args)
             for leaf in jax.tree.leaves(y):
-                leaf.copy_to_host_async()  # the device-to-host copy of this batch overlaps the next one's compute
+                if leaf.sharding.memory_kind != "pinned_host":  # there already
+                    leaf.copy_to_host_async()  # the device-to-host copy of this batch overlaps the next one's compute
             pipeline.submit(item, y)
         failed = False
     finally:
@@ -287,6 +293,7 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
     """
     t0 = time.perf_counter()
     rep, shard = dist.replicated(mesh), dist.batch_sharding(mesh)
+    out_sharding = rep if reduce else _result_sharding(shard)
     consts = jax.tree.map(lambda v: _replicate(np.asarray(v), rep), consts)
     x_spec = jax.ShapeDtypeStruct((batch_size, *model.sample_shape), model.dtype, sharding=shard)
     rows_spec = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=shard)
@@ -307,7 +314,7 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
     # compilation in memory instead, for the next call on equal work.
     memo_key = None
     if key is None:
-        memo_key = (program, reduce, tuple(mesh.devices.flat), jax.tree.structure(specs), *jax.tree.leaves(specs))
+        memo_key = (program, out_sharding, tuple(mesh.devices.flat), jax.tree.structure(specs), *jax.tree.leaves(specs))
         memo_key += (bool(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision))
         if memo_key in _COMPILED:
             _COMPILED.move_to_end(memo_key)
@@ -316,7 +323,7 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
     compiled, cached = load_or_compile(
         key,
         lambda: (
-            jax.jit(with_default_numpy_rules(fn), out_shardings=rep if reduce else shard)
+            jax.jit(with_default_numpy_rules(fn), out_shardings=out_sharding)
             .lower(*specs)
             .compile(compiler_options(mesh.devices.flat[0].platform))
         ),
@@ -329,6 +336,14 @@ def _compile(model, mesh, program, consts, labels, reduce, batch_size, key):
         while len(_COMPILED) > _COMPILED_KEPT:
             _COMPILED.popitem(last=False)
     return compiled, consts, time.perf_counter() - t0, cached
+
+
+def _result_sharding(shard: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+    """The batch sharding of a row program's results, in the memory `JAXJAC_OUTPUT_MEMORY` names off CPUs."""
+    kind = os.environ.get(_OUTPUT_MEMORY_ENV, "device")
+    if kind == "device" or shard.mesh.devices.flat[0].platform == "cpu":
+        return shard
+    return shard.with_memory_kind(kind)
 
 
 # Compiled programs of this process, by program and argument specs: repeated
