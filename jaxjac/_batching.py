@@ -11,6 +11,7 @@ import numpy as np
 
 from ._errors import JaxjacError
 from ._formulations import batch_jacobian_core
+from ._graph_model import check_dtype_enabled
 from ._interpret import with_default_numpy_rules
 from ._xla_options import top_level_jit
 
@@ -171,6 +172,7 @@ def auto_batch_size(
     """
     if _one_small_cpu_batch(n_rows):
         return _rows_per_call(n_rows)
+    check_dtype_enabled(model.spec)  # the probe compiles in the model's dtype
     core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
     devices = jax.local_devices()
     limit = memory_limit(devices[0])

@@ -109,6 +109,8 @@ def test_a_float64_model_outside_64_bit_jax_is_refused_clearly(x):
         "jacobian": lambda: jaxjac.jacobian(model, x),
         "jacobian_fn": lambda: jaxjac.jacobian_fn(model)(x),
         "attribute": lambda: jaxjac.attribute(model, x),
+        # More rows than one CPU batch: the batch size comes from a probe compilation first.
+        "attribute, sized by a probe": lambda: jaxjac.attribute(model, np.repeat(x, 40, axis=0)),
         "attribution_fn": lambda: jaxjac.attribution_fn(model)(x),
         "forward": lambda: model(x),
         "sample_fn": lambda: fn(tensors, x[0]),
@@ -274,7 +276,8 @@ def test_the_default_batch_size_is_the_auto_size_found_once_per_model_and_option
     expected = auto(model, target="predicted", output="logits", method="vmap-jacrev", precision="float32", n_rows=2000)
     # One probe per model and options: labels size like "predicted".
     assert sizes == [expected] * 4 and probes == ["predicted"]
-    monkeypatch.setattr(_batching, "platform", lambda: "gpu")  # another platform, another probe
+    other = "tpu" if _batching.platform() != "tpu" else "gpu"
+    monkeypatch.setattr(_batching, "platform", lambda: other)  # another platform, another probe
     monkeypatch.setattr(_batching, "auto_batch_size", lambda *a, **k: probes.append(k["target"]) or 512)
     jaxjac.jacobian(model, many, target=labels)
     assert sizes[-1] == 512 and probes == ["predicted", "predicted"]

@@ -91,6 +91,65 @@ def test_stream_equals_jacobian_exactly(model, tmp_path, target, output, dtype, 
     assert not result.interrupted and result.nonfinite_count == 0
 
 
+def test_results_written_into_page_locked_host_memory_are_the_same(model, tmp_path, monkeypatch):
+    from jaxjac import _run
+
+    # The GPU default, forced here on a CPU device's own page-locked memory: the engine's
+    # path for such results (no separate device-to-host copy) gives the same rows.
+    x = make_data(tmp_path / "X.npy", 37)
+    monkeypatch.setattr(_run, "_result_sharding", lambda shard: shard.with_memory_kind("pinned_host"))
+    monkeypatch.setattr(_run, "_COMPILED", type(_run._COMPILED)())
+    _, actual = stream(model, tmp_path / "X.npy", tmp_path / "J.npy", target="all")
+    np.testing.assert_array_equal(actual, jaxjac.jacobian(model, x, batch_size=8))
+
+
+class _Memory:
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class _Device:
+    def __init__(self, platform, kinds):
+        self.platform, self.kinds = platform, kinds
+
+    def addressable_memories(self):
+        return [_Memory(kind) for kind in self.kinds]
+
+
+class _Shard:
+    """A stand-in batch sharding on one device of `platform` that offers memories `kinds`."""
+
+    def __init__(self, platform, kinds=("device", "pinned_host")):
+        self.mesh = type("Mesh", (), {"devices": np.array([_Device(platform, kinds)], dtype=object)})()
+        self.memory_kind = "device"
+
+    def with_memory_kind(self, kind):
+        other = _Shard(self.mesh.devices.flat[0].platform, self.mesh.devices.flat[0].kinds)
+        other.memory_kind = kind
+        return other
+
+
+@pytest.mark.parametrize(
+    ("platform", "kinds", "setting", "expected"),
+    [
+        ("gpu", ("device", "pinned_host"), None, "pinned_host"),  # the GPU default
+        ("gpu", ("device", "pinned_host"), "device", "device"),
+        ("gpu", ("device",), None, "device"),  # a GPU without page-locked memory
+        ("tpu", ("device", "pinned_host"), None, "device"),
+        ("tpu", ("device", "pinned_host"), "pinned_host", "pinned_host"),
+        ("cpu", ("device", "pinned_host"), "pinned_host", "device"),  # results are on the host already
+    ],
+)
+def test_results_go_to_page_locked_host_memory_on_gpus(monkeypatch, platform, kinds, setting, expected):
+    from jaxjac import _run
+
+    if setting is None:
+        monkeypatch.delenv(_run._OUTPUT_MEMORY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_run._OUTPUT_MEMORY_ENV, setting)
+    assert _run._result_sharding(_Shard(platform, kinds)).memory_kind == expected
+
+
 def test_labels_target_differentiates_each_rows_label(model, tmp_path):
     x = make_data(tmp_path / "X.npy", 21)
     labels = np.random.default_rng(1).integers(0, N_CLASSES, 21)
