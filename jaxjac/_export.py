@@ -9,7 +9,9 @@ keeps every shape static.
 from __future__ import annotations
 
 import contextlib
+import io
 import operator
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -68,21 +70,32 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     _warn_batch_statistics(net)
     # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
     # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
+    # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
+    # the one-line error); it is kept for `--debug`, and anything else passed on.
+    printed = io.StringIO()
     with eval_mode(net), torch.enable_grad(), _quiet_export(), _causal_masks_taken_as_given():
         try:
-            try:
-                program = torch.export.export(net, (sample,))
-            except Exception as error:
-                if _ASSIGNS_TO_DATA not in str(error):
-                    raise
-                program = _export_with_constraints_applied(net, sample, error)
+            with contextlib.redirect_stderr(printed):
+                program = _export(net, sample)
         except Exception as error:  # torch raises many types here, with long messages
+            if printed.getvalue().strip():
+                error.add_note(f"torch printed while tracing:\n{printed.getvalue()}")
             raise JaxjacError(
                 f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: "
                 f"{_gist(error)}"
             ) from error
+        sys.stderr.write(printed.getvalue())
         _detach_no_grad_blocks(program)
         return program.run_decompositions(_decomposition_table())
+
+
+def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.export(net, (sample,))
+    except Exception as error:
+        if _ASSIGNS_TO_DATA not in str(error):
+            raise
+        return _export_with_constraints_applied(net, sample, error)
 
 
 # What torch.export says when forward assigns to a parameter's `.data`.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import jax
 import numpy as np
@@ -389,6 +390,33 @@ def test_export_errors_give_torch_s_cause_and_a_hint():
 
     with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*turns a tensor into Python values"):
         jaxjac.convert(DataDependent().eval(), torch.randn(2, 1, 8))
+
+
+class BranchesOnData(nn.Module):
+    """A forward whose branch depends on the data (tsai's MiniRocketPlus and HydraPlus do the like)."""
+
+    def __init__(self, loud: bool = False):
+        super().__init__()
+        self.conv, self.loud = nn.Conv1d(1, 2, 3), loud
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.loud:
+            print("forward says hello", file=sys.stderr)
+            return h.mean(-1)
+        return h.mean(-1) if h.sum().item() > 0 else h.amax(-1)
+
+
+def test_a_failed_trace_prints_nothing_but_keeps_torch_s_partial_graph_for_debug(capsys):
+    with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*data-dependent") as raised:
+        jaxjac.convert(BranchesOnData().eval(), torch.randn(2, 1, 8), check=False)
+    assert capsys.readouterr().err == ""  # torch printed its partial graph here before
+    assert "def forward" in "".join(getattr(raised.value.__cause__, "__notes__", []))
+
+
+def test_what_forward_prints_while_traced_still_reaches_stderr(capsys):
+    jaxjac.convert(BranchesOnData(loud=True).eval(), torch.randn(2, 1, 8), check=False)
+    assert "forward says hello" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
