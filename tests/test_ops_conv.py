@@ -355,3 +355,25 @@ def test_tiled_conv_reaches_the_compiled_program(in_channels: int, tiled: bool) 
     assert len(convolutions) == 1
     assert ("window={size=3}" in convolutions[0]) == tiled
     assert "conditional" not in hlo
+
+
+@pytest.mark.parametrize(
+    ("net", "taps"),
+    [
+        (nn.Conv1d(8, 8, 9, padding=4, groups=8), True),  # depthwise
+        (nn.Conv1d(8, 16, 5, stride=2, dilation=2, groups=8), True),  # with a channel multiplier
+        (nn.Conv2d(8, 8, (3, 5), groups=8), True),
+        (nn.Conv1d(8, 8, 65, padding=32, groups=8), False),  # more offsets than the unrolled sum takes
+        (nn.Conv1d(8, 8, 3, groups=4), False),  # two input channels per group
+    ],
+    ids=["depthwise", "multiplier", "2d", "long-kernel", "grouped"],
+)
+def test_depthwise_convolutions_are_shifted_products_on_cpu(net: nn.Module, taps: bool) -> None:
+    """Their Jacobian compiles without XLA's grouped convolution, which is 10-250x slower on CPU."""
+    sample = (8, 32) if isinstance(net, nn.Conv1d) else (8, 6, 16)
+    pool = nn.AdaptiveAvgPool1d(1) if isinstance(net, nn.Conv1d) else nn.AdaptiveAvgPool2d(1)
+    head = nn.Sequential(net, pool, nn.Flatten(), nn.Linear(net.out_channels, 3))
+    model = jaxjac.convert(head.eval(), torch.zeros(1, *sample))
+    hlo = jax.jit(jaxjac.jacobian_fn(model)).lower(jnp.zeros((2, *sample))).compile().as_text()
+    assert ("feature_group_count" not in hlo) == taps
+    assert "conditional" not in hlo
