@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import warnings
 
+import jax
 import numpy as np
 import pytest
 import torch
 from checkpoint_nets import SAMPLE_SHAPE, trained_net
 from flax import nnx
+from helpers import torch_reference
 
 import jaxjac
 from jaxjac._load import detect_format, load_checkpoint
@@ -237,3 +239,34 @@ def test_truncated_checkpoint(ckpts, tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(jaxjac.JaxjacError, match=r"cut\.pt: expected a torch checkpoint; found a damaged zip"):
         load_checkpoint(tmp_path / "cut.pt")
+
+
+class SizeArithmetic(torch.nn.Module):
+    """Shapes computed from sizes, as attention heads and patching do: a trace records `c // 2` as tensor ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 8, 3)
+        self.attention = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        b, c, n = h.shape
+        h = h.reshape(b, 2, c // 2, n).transpose(1, 2).reshape(b, c, n).transpose(1, 2)
+        return self.head(self.attention(h, h, h)[0].mean(1))
+
+
+def test_torchscript_arithmetic_on_sizes_is_computed_for_the_traced_shape():
+    # Traced only: torch's TorchScript converter cannot take a scripted MultiheadAttention's branches.
+    torch.manual_seed(0)
+    net = SizeArithmetic().double().eval()
+    x = torch.randn(4, *SAMPLE_SHAPE, dtype=torch.float64)
+    with warnings.catch_warnings():  # TorchScript's deprecation, and its tracer's notes on Python values
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, x, check_trace=False)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(traced, x, dtype="float64")
+        jacobians = jaxjac.jacobian(model, x.numpy())
+    _, expected = torch_reference(net, x)
+    np.testing.assert_allclose(jacobians, expected, rtol=1e-9, atol=1e-12)
