@@ -6,8 +6,6 @@ The reference is the per-sample loop users start from:
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
@@ -15,6 +13,7 @@ from ._errors import ConversionCheckError, JaxjacError, first_line
 from ._export import eval_mode
 from ._jacobian import jacobian
 from ._model import ConvertedModel
+from ._torch_dtypes import in_dtype
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 0.0
@@ -157,10 +156,8 @@ def _unless_explained_in_float64(
     inside, say), nothing is explained and `failed` comes back whole.
     """
     try:
-        net64 = copy.deepcopy(net)._apply(
-            lambda t: t.double() if t.is_floating_point() else t.to(torch.complex128) if t.is_complex() else t
-        )
-        truth = dict(zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index), strict=True))
+        with in_dtype(net, torch.float64) as net64:
+            truth = dict(zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index), strict=True))
     except Exception:  # torch raises many types for a model that cannot run in float64
         return failed
     if any(v.dtype != np.float64 for v in truth.values()):

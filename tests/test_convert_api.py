@@ -148,12 +148,27 @@ def test_check_catches_a_wrong_lowering(monkeypatch, request):
     assert info.value.report["outputs_max_rel_error"] > 1e-3
 
 
-def test_float32_rounding_beyond_the_tolerance_is_told_from_a_bug():
+class KeepsItsLastActivation(nn.Module):
+    """A forward that stores a computed tensor on the module (tsai's attention blocks do): no deep copy then."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.body = small_net(length)
+
+    def forward(self, x):
+        self.last = self.body(x)
+        return self.last
+
+
+@pytest.mark.parametrize("make", [small_net, KeepsItsLastActivation], ids=["plain", "keeps-a-computed-tensor"])
+def test_float32_rounding_beyond_the_tolerance_is_told_from_a_bug(make):
     # A tolerance no float32 kernel meets stands in for a deep model's rounding:
     # against torch's float64, jaxjac's float32 is as close as torch's own.
     torch.manual_seed(0)
     probes = np.random.default_rng(0).standard_normal((8, 1, 13))
-    model = jaxjac.convert(small_net(length=13), torch.randn(2, 1, 13), check_data=probes, rtol=1e-12)
+    net = make(length=13).eval()
+    model = jaxjac.convert(net, torch.randn(2, 1, 13), check_data=probes, rtol=1e-12)
+    assert all(t.dtype == torch.float32 for t in net.parameters())  # the float64 look leaves it as it was
     report = model.metadata["check"]
     assert report["passed"] and report["explained_in_float64"] == ["outputs", "jacobians"]
     verdict = report["jacobians_float64_reference"]
