@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     linear,
     norm,
     pool,
+    recurrent,
     reduction,
     shape,
     sorting,

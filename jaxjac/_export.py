@@ -213,6 +213,11 @@ _KEEP_WHOLE = (
     "std.dim",
     "std_mean.correction",
     "sinc.default",
+    # Recurrences, scanned in `converters/recurrent.py`: decomposed, they unroll into every step.
+    "lstm.input",
+    "gru.input",
+    "rnn_tanh.input",
+    "rnn_relu.input",
 )
 
 

@@ -279,6 +279,26 @@ def test_gru(dtype):
     assert_converts(bank, (5, 3), dtype, n=2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rnn(dtype):
+    bank = Bank(
+        _rnn(nn.RNN, _sequence, num_layers=2, bidirectional=True),
+        _rnn(nn.RNN, _final_hidden, nonlinearity="relu", bias=False),
+        Apply(nn.LSTM(3, 4), head=lambda y: y[0].transpose(0, 1), prep=lambda x: x.transpose(0, 1)),  # time first
+    )
+    assert_converts(bank, (5, 3), dtype, n=2)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrences_are_scanned_not_unrolled(cell):
+    # torch's decomposition unrolls every step: the graph (and its compilation) grew with the length.
+    sizes = []
+    for length in (4, 64):
+        model = jaxjac.convert(_rnn(cell, _last_step).eval(), torch.zeros(1, length, 3), check=False)
+        sizes.append(len(model.graph.nodes))
+    assert sizes[0] == sizes[1]
+
+
 class SelfAttention(nn.Module):
     """`nn.MultiheadAttention(x, x, x)` with call options, returning `head` of its (output, weights)."""
 
