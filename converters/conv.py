@@ -10,8 +10,8 @@ On CPU, a channels-last 1D convolution with few channels runs in a tiled
 form with fatter channels (see `conv_tile`), and one that reads few inputs
 per output position (a first layer on one or two input channels, say)
 as one matrix product over its patches (see `patches_conv1d`), as does every
-float64 one. A depthwise convolution (one input channel per group) is a sum
-of shifted products there (see `depthwise_taps`).
+float64 one with a kernel of up to 16. A depthwise convolution (one input
+channel per group) is a sum of shifted products there (see `depthwise_taps`).
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ def _per_axis(values: Sequence[int], n_spatial: int) -> tuple[int, ...]:
     return values * n_spatial if len(values) == 1 else values
 
 
+# Longer kernels' patches compile slowly: tsai's OmniScaleCNN (17 kernel sizes up to 53)
+# converted in 46 s with every float64 layer as patches, against 12 s with XLA's convolution.
+_MAX_FLOAT64_PATCHES = 16
+
+
 def _cpu_form_or(
     xla: Callable[[jax.Array, jax.Array], jax.Array],
     x: jax.Array,
@@ -118,7 +123,7 @@ def _cpu_form_or(
     out_channels, in_channels, kernel = weight.shape
     options = {"stride": stride[0], "padding": (padding[0], padding[0]), "dilation": dilation[0]}
     tile = conv_tile(in_channels, out_channels, kernel, x.shape[1] + 2 * padding[0], stride[0], dilation[0])
-    if x.dtype == jnp.float64:
+    if x.dtype == jnp.float64 and kernel <= _MAX_FLOAT64_PATCHES:
         # XLA's CPU convolution in float64 took 3-27x the time of this product (forward and
         # three-cotangent VJP, 8-256 channels, kernels 3-39), where in float32 it is the faster.
         cpu = functools.partial(patches_conv1d, **options, preferred_element_type=result)

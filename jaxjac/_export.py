@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import operator
 import sys
 import warnings
@@ -269,4 +270,12 @@ def _quiet_export() -> Iterator[None]:
         )
         # torch's own pytree internals use an API it has deprecated.
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        yield
+        # Its shape solver logs warnings about its own bookkeeping ("Unable to find user code
+        # corresponding to {u0}") beside a failed trace, whose cause jaxjac's error gives.
+        shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+        level = shapes_log.level
+        shapes_log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            shapes_log.setLevel(level)
