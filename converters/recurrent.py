@@ -20,17 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .products import product_operands
+from .linear import linear
 from .registry import ModelError, register
 
 Step = Callable[[tuple[jax.Array, ...], jax.Array], tuple[tuple[jax.Array, ...], jax.Array]]
 MakeStep = Callable[[list], Step]
-
-
-def _product(a: jax.Array, weight: jax.Array) -> jax.Array:
-    """`a @ weight.T`, with the model's product precision."""
-    (a, weight), result = product_operands(a, weight)
-    return jnp.matmul(a, weight.T, preferred_element_type=result)
 
 
 def _layers(
@@ -61,12 +55,10 @@ def _layers(
         outputs = []
         for direction in range(directions):
             index = layer * directions + direction
-            weights = params[index * per_direction : (index + 1) * per_direction]
-            step = make_step(_with_biases(weights, has_biases))
+            weights = _with_biases(params[index * per_direction : (index + 1) * per_direction], has_biases)
+            step = make_step(weights)
             state = tuple(s[index] for s in states)
-            inputs = _product(sequence, weights[0])
-            if has_biases:
-                inputs = inputs + weights[2]
+            inputs = linear(sequence, weights[0], weights[2])  # every step's input product at once
             state, ys = lax.scan(step, state, inputs, reverse=direction == 1)
             finals.append(state)
             outputs.append(ys)
@@ -86,14 +78,12 @@ def _lstm_step(weights: list) -> Step:
 
     def step(state: tuple[jax.Array, ...], projected_input: jax.Array):
         h, c = state
-        gates = projected_input + _product(h, w_hh)
-        if b_hh is not None:
-            gates = gates + b_hh
+        gates = projected_input + linear(h, w_hh, b_hh)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         if w_hr is not None:
-            h = _product(h, w_hr)
+            h = linear(h, w_hr)
         return (h, c), h
 
     return step
@@ -104,9 +94,7 @@ def _gru_step(weights: list) -> Step:
 
     def step(state: tuple[jax.Array, ...], projected_input: jax.Array):
         (h,) = state
-        hidden = _product(h, w_hh)
-        if b_hh is not None:
-            hidden = hidden + b_hh
+        hidden = linear(h, w_hh, b_hh)
         x_r, x_z, x_n = jnp.split(projected_input, 3, axis=-1)
         h_r, h_z, h_n = jnp.split(hidden, 3, axis=-1)
         r = jax.nn.sigmoid(x_r + h_r)
@@ -124,8 +112,7 @@ def _rnn_step(activation: Callable[[jax.Array], jax.Array]) -> MakeStep:
 
         def step(state: tuple[jax.Array, ...], projected_input: jax.Array):
             (h,) = state
-            pre = projected_input + _product(h, w_hh)
-            h = activation(pre + b_hh if b_hh is not None else pre)
+            h = activation(projected_input + linear(h, w_hh, b_hh))
             return (h,), h
 
         return step
