@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_converts, precision
+from helpers import TORCH_DTYPES, assert_converts, cast, precision
 from jax import lax
 
 import jaxjac
@@ -360,25 +360,91 @@ def test_tiled_conv_reaches_the_compiled_program(in_channels: int, tiled: bool) 
 
 
 @pytest.mark.parametrize(
-    ("net", "taps"),
+    "net",
     [
-        (nn.Conv1d(8, 8, 9, padding=4, groups=8), True),  # depthwise
-        (nn.Conv1d(8, 16, 5, stride=2, dilation=2, groups=8), True),  # with a channel multiplier
-        (nn.Conv2d(8, 8, (3, 5), groups=8), True),
-        (nn.Conv1d(8, 8, 65, padding=32, groups=8), False),  # more offsets than the unrolled sum takes
-        (nn.Conv1d(8, 8, 3, groups=4), False),  # two input channels per group
+        nn.Conv1d(8, 8, 9, padding=4, groups=8),  # depthwise
+        nn.Conv1d(8, 16, 5, stride=2, dilation=2, groups=8),  # with a channel multiplier
+        nn.Conv2d(8, 8, (3, 5), groups=8),
     ],
-    ids=["depthwise", "multiplier", "2d", "long-kernel", "grouped"],
+    ids=["depthwise", "multiplier", "2d"],
 )
-def test_depthwise_convolutions_are_shifted_products_on_cpu(net: nn.Module, taps: bool) -> None:
+def test_depthwise_convolutions_are_shifted_products_on_cpu(net: nn.Module) -> None:
     """Their Jacobian compiles without XLA's grouped convolution, which is 10-250x slower on CPU."""
-    sample = (8, 32) if isinstance(net, nn.Conv1d) else (8, 6, 16)
+    assert_no_grouped_convolution(net, net.in_channels, "float32")
+
+
+def assert_no_grouped_convolution(net: nn.Module, in_channels: int, dtype: str, expected: bool = True) -> None:
+    """Whether the Jacobian of `net` (pooled to a 3-logit head) compiles without XLA's grouped convolution."""
+    sample = (in_channels, 32) if isinstance(net, nn.Conv1d) else (in_channels, 6, 16)
     pool = nn.AdaptiveAvgPool1d(1) if isinstance(net, nn.Conv1d) else nn.AdaptiveAvgPool2d(1)
     head = nn.Sequential(net, pool, nn.Flatten(), nn.Linear(net.out_channels, 3))
-    model = jaxjac.convert(head.eval(), torch.zeros(1, *sample))
-    hlo = jax.jit(jaxjac.jacobian_fn(model)).lower(jnp.zeros((2, *sample))).compile().as_text()
-    assert ("feature_group_count" not in hlo) == taps
+    head = cast(head, dtype).eval()
+    with precision(dtype):
+        model = jaxjac.convert(head, torch.zeros(1, *sample, dtype=TORCH_DTYPES[dtype]), dtype=dtype)
+        hlo = jax.jit(jaxjac.jacobian_fn(model)).lower(jnp.zeros((2, *sample), dtype)).compile().as_text()
+    assert ("feature_group_count" not in hlo) == expected
     assert "conditional" not in hlo
+
+
+# `(in_channels, length, Conv1d options)`: convolutions with groups that are not
+# depthwise taps, and the form `grouped_form` gives them in (float32, float64).
+GROUPED = {
+    "two-per-group": (8, 30, dict(out_channels=8, kernel_size=3, groups=4, padding=1), ("block-diagonal", "split")),
+    "multiplier-same-no-bias": (
+        6,
+        25,
+        dict(out_channels=12, kernel_size=5, groups=3, padding="same", bias=False),
+        ("block-diagonal", "split"),
+    ),
+    "stride2-dilation2": (
+        12,
+        33,
+        dict(out_channels=6, kernel_size=4, stride=2, dilation=2, groups=3, padding=3),
+        ("block-diagonal", "split"),
+    ),
+    "thick-groups": (18, 20, dict(out_channels=6, kernel_size=3, groups=2), ("split", "split")),
+    "wide-thin-groups": (144, 12, dict(out_channels=48, kernel_size=3, groups=16), ("split", "split")),
+    "depthwise-long-kernel": (8, 80, dict(out_channels=8, kernel_size=65, groups=8, padding=32), ("split", "split")),
+    "many-groups": (132, 12, dict(out_channels=66, kernel_size=3, groups=66), (None, None)),
+    "many-thin-groups": (
+        34,
+        12,
+        dict(out_channels=34, kernel_size=3, groups=17, padding=1),
+        ("block-diagonal", None),
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("c", "n", "options", "forms"), GROUPED.values(), ids=GROUPED.keys())
+def test_grouped_conv1d(c: int, n: int, options: dict, forms: tuple, dtype: str) -> None:
+    form = forms[DTYPES.index(dtype)]
+    assert conv.grouped_form(c // options["groups"], options["groups"], jnp.dtype(dtype)) == form
+    assert_converts(nn.Conv1d(c, **options), (c, n), dtype, n=2)
+
+
+@pytest.mark.parametrize(
+    ("c", "options", "dtype", "form"),
+    [
+        pytest.param(c, options, dtype, form, id=f"{name}-{dtype}")
+        for name, (c, _, options, forms) in GROUPED.items()
+        for dtype, form in zip(DTYPES, forms, strict=True)
+        # XLA itself expands some float64 grouped convolutions: only its float32 ones are sure to stay.
+        if form is not None or dtype == "float32"
+    ],
+)
+def test_grouped_forms_reach_the_compiled_program(c: int, options: dict, dtype: str, form: str | None) -> None:
+    """On CPU a convolution with a form compiles with no grouped convolution left; the others keep XLA's."""
+    assert_no_grouped_convolution(nn.Conv1d(c, **options), c, dtype, expected=form is not None)
+
+
+def test_block_diagonal_kernel_is_exact() -> None:
+    weight = jnp.asarray(np.random.default_rng(0).standard_normal((6, 2, 3)), jnp.float32)
+    dense = np.asarray(conv.block_diagonal_kernel(weight, 3))
+    expected = np.zeros((6, 6, 3), np.float32)
+    for g in range(3):
+        expected[2 * g : 2 * g + 2, 2 * g : 2 * g + 2] = np.asarray(weight[2 * g : 2 * g + 2])
+    np.testing.assert_array_equal(dense, expected)
 
 
 @pytest.mark.parametrize(
