@@ -12,6 +12,8 @@ import contextlib
 import io
 import logging
 import operator
+import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -74,7 +76,7 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
     # the one-line error); it is kept for `--debug`, and anything else passed on.
     printed = io.StringIO()
-    with eval_mode(net), torch.enable_grad(), _quiet_export(), _causal_masks_taken_as_given():
+    with eval_mode(net), torch.enable_grad(), _quiet_export(), _causal_masks_taken_as_given(), _RealConstants():
         try:
             with contextlib.redirect_stderr(printed):
                 program = _export(net, sample)
@@ -152,6 +154,12 @@ def _data_assignments_ignored() -> Iterator[None]:
 
 
 # Causes torch.export names obscurely, and what to do about them.
+# torch.jit.trace records the ops one input runs through, whatever Python computed around them.
+_TRACE_INSTEAD = (
+    "convert `torch.jit.trace(net, x)` instead (its recording follows the path of that input; jaxjac's check "
+    "compares it with the model)"
+)
+
 _EXPORT_HINTS = (
     (
         _ASSIGNS_TO_DATA,
@@ -163,19 +171,51 @@ _EXPORT_HINTS = (
         "forward turns a tensor into Python values (.numpy(), .item(), .tolist()), so what it computes depends on "
         "the data; jaxjac needs one program for every input",
     ),
+    (
+        "data-dependent expression",
+        "forward reads a tensor's values as Python numbers (.item(), .tolist(), int(t), a branch on a tensor), so "
+        f"what it computes may depend on the data; where they are the same for every input, {_TRACE_INSTEAD}",
+    ),
+    (
+        "Unexpected key",
+        "forward calls a submodule in a way torch.export cannot follow, such as a call abandoned by an exception "
+        f"inside try/except; {_TRACE_INSTEAD}",
+    ),
 )
 
 
 def _gist(error: BaseException) -> str:
-    """Torch's message in one line: its first line, and its last when that adds the cause, plus a hint."""
+    """Torch's message in one line: its first line, the line of forward that failed, its last when that adds the cause, plus a hint."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
     gist = lines[0] if len(lines[0]) <= 300 else lines[0][:300] + " ..."
-    if len(lines) > 1 and lines[-1] not in gist:
+    where = _failing_call(lines)
+    if where:
+        gist += f" at {where}"
+    if len(lines) > 1 and lines[-1] not in gist and not lines[-1].startswith(_EXPORT_BOILERPLATE):
         gist += f" ... {lines[-1][:300]}"
     for pattern, hint in _EXPORT_HINTS:
         if pattern in str(error):
             gist += f" ({hint})"
     return gist + "; --debug shows torch's full message" if len(lines) > 1 else gist
+
+
+# torch's closing advice on every failed export, which names no cause.
+_EXPORT_BOILERPLATE = "The error above occurred when calling torch.export"
+
+
+def _failing_call(lines: list[str]) -> str | None:
+    """`file:line (code)` of the user's code that torch's message blames, if it names any."""
+    for i, line in enumerate(lines[:-2]):
+        if line.startswith("The following call raised this error"):
+            frame = re.match(r'File "(.+)", line (\d+)', lines[i + 1])
+            if frame:
+                return f"{os.path.basename(frame[1])}:{frame[2]} ({lines[i + 2][:200]})"
+    for line in lines:
+        cause = re.match(r"Caused by: \((.+):(\d+) in (\w+)\)", line)
+        # torch names its own files relative to its package: those are not the user's.
+        if cause and not os.path.exists(os.path.join(os.path.dirname(torch.__file__), cause[1])):
+            return f"{os.path.basename(cause[1])}:{cause[2]} (in {cause[3]})"
+    return None
 
 
 def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:
@@ -257,6 +297,33 @@ def _causal_masks_taken_as_given() -> Iterator[None]:
         yield
     finally:
         transformer._detect_is_causal_mask = detect
+
+
+# Factories whose tensors a forward reads back as Python numbers, such as the
+# dims of asteroid's global layer norm, `torch.arange(1, x.dim()).tolist()`.
+_CONSTANT_FACTORIES = frozenset({torch.arange, torch.linspace, torch.logspace, torch.tensor, torch.as_tensor})
+
+
+class _RealConstants(torch.overrides.TorchFunctionMode):
+    """Tensors made from Python numbers alone hold real values while forward is traced.
+
+    torch.export traces with fake tensors, which have shapes but no values,
+    so reading one back (`.tolist()`, `.item()`) fails as data-dependent even
+    where, as here, nothing depends on the data. jaxjac traces one fixed
+    shape, so such a tensor is the same for every input; it is still
+    recorded as the op that made it.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
+        kwargs = kwargs or {}
+        if func in _CONSTANT_FACTORIES and not any(
+            isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves((args, kwargs))
+        ):
+            from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+            with unset_fake_temporarily():
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -405,6 +406,100 @@ def test_export_errors_give_torch_s_cause_and_a_hint():
 
     with pytest.raises(jaxjac.JaxjacError, match=r"could not trace .*turns a tensor into Python values"):
         jaxjac.convert(DataDependent().eval(), torch.randn(2, 1, 8))
+
+
+class DimsFromATensor(nn.Module):
+    """A global layer norm whose dims come from a tensor, as asteroid's gLN computes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        dims = torch.arange(1, h.dim()).tolist()
+        mean = h.mean(dim=dims, keepdim=True)
+        return ((h - mean) / (h.var(dim=dims, keepdim=True) + 1e-5).sqrt()).mean(-1)
+
+
+class CallsInTryExcept(nn.Module):
+    """Retries each block without an argument it may not take, as speechbrain's Xvector does."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Conv1d(1, 4, 3), nn.Tanh()])
+
+    def forward(self, x):
+        for block in self.blocks:
+            try:
+                x = block(x, lengths=None)
+            except TypeError:
+                x = block(x)
+        return x.mean(-1)
+
+
+class UsesPythonMadeTensors(nn.Module):
+    """Tensors from Python numbers, read back and computed with (speechbrain's SincConv builds its window so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+
+    def forward(self, x):
+        # In the model's dtype: jaxjac makes a float32 linspace in a float64 model in float64.
+        window = torch.linspace(0.0, 1.0, x.shape[-1], dtype=x.dtype)
+        ramp = torch.arange(x.shape[-1] - 2).float()
+        n = int(torch.tensor(x.shape[-1]).item())
+        return (self.conv(x * window) * ramp).sum(-1) / n
+
+
+@pytest.mark.parametrize("net", [DimsFromATensor(), UsesPythonMadeTensors()], ids=["dims-from-a-tensor", "python-made"])
+def test_tensors_made_from_python_numbers_can_be_read_back_while_traced(net):
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 16)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net.double().eval(), x.double(), dtype="float64")
+        expected = np.stack([torch.autograd.functional.jacobian(net, x[i : i + 1].double())[0, :, 0] for i in range(3)])
+        np.testing.assert_allclose(jaxjac.jacobian(model, x.double().numpy()), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_untraceable_python_is_named_with_its_line_and_the_trace_that_converts_it():
+    net, x = CallsInTryExcept().eval(), torch.randn(3, 1, 16)
+    message = r"Unexpected key .*inside try/except; convert `torch\.jit\.trace\(net, x\)`"
+    with pytest.raises(jaxjac.JaxjacError, match=message) as raised:
+        jaxjac.convert(net, x)
+    assert "draft_export" not in str(raised.value)  # torch's closing advice, which names no cause
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, which still works
+        traced = torch.jit.trace(net, x[:1])
+    model = jaxjac.convert(traced, x)  # the hint's way works, and its check passes
+    expected = np.stack([torch.autograd.functional.jacobian(net, x[i : i + 1])[0, :, 0] for i in range(3)])
+    np.testing.assert_allclose(jaxjac.jacobian(model, x), expected, rtol=1e-5, atol=1e-6)
+
+
+class DimsFromTheData(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        dims = (h[0, :, 0] > 0).long().tolist()
+        return h.mean(dim=[1 + d for d in dims])
+
+
+@pytest.mark.parametrize(
+    ("net", "where"),
+    [
+        (lambda: BranchesOnData(), r"test_convert_api\.py:\d+ \(in forward\)"),
+        (lambda: DimsFromTheData(), r"test_convert_api\.py:\d+ \(return h\.mean\(dim=\[1 \+ d for d in dims\]\)\)"),
+    ],
+    ids=["branch", "dims"],
+)
+def test_a_data_dependent_trace_names_the_line_that_reads_values(net, where):
+    with pytest.raises(jaxjac.JaxjacError, match=rf"data-dependent .* at {where} \(forward reads") as e:
+        jaxjac.convert(net().eval(), torch.randn(2, 1, 8), check=False)
+    assert "draft_export" not in str(e.value)
 
 
 class BranchesOnData(nn.Module):
