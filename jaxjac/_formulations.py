@@ -68,6 +68,17 @@ def target_kind(target: Any) -> str:
     )
 
 
+def check_class_target(model: ConvertedModel, kind: str) -> None:
+    """Refuse a target that names classes (``"predicted"``, ``"labels"``) on a model whose outputs are not `(K,)`."""
+    if kind in ("predicted", "labels") and len(model.output_shape) != 1:
+        # The argmax of a (C, L) segmentation map, flattened, is no class of the sample.
+        what = "target='predicted' follows each sample's argmax class" if kind == "predicted" else "labels name classes"
+        raise JaxjacError(
+            f"{what}, which needs outputs (K,) per sample, but the model's per-sample output has shape "
+            f"{model.output_shape}; use target='all', or an int index into its {model.n_outputs} flattened outputs"
+        )
+
+
 def validate_options(model: ConvertedModel, target: Any, output: str, method: str, precision: str) -> str:
     """Check the options of a Jacobian against `model`; returns `target_kind(target)`."""
     kind = target_kind(target)
@@ -89,6 +100,7 @@ def validate_options(model: ConvertedModel, target: Any, output: str, method: st
                 f"output={output!r} takes a softmax over the outputs, but the model has a single output, "
                 "whose softmax is constantly 1 (a zero Jacobian); use output='logits'"
             )
+    check_class_target(model, kind)
     if kind == "index" and not 0 <= int(target) < model.n_outputs:
         raise JaxjacError(f"target class {int(target)} is out of range for a model with {model.n_outputs} outputs")
     return kind

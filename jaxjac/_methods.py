@@ -29,7 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import JaxjacError
-from ._formulations import DEFAULT_METHOD, FORMULATIONS, nan_unless_valid, output_transform, validate_options
+from ._formulations import (
+    DEFAULT_METHOD,
+    FORMULATIONS,
+    check_class_target,
+    nan_unless_valid,
+    output_transform,
+    validate_options,
+)
 from ._graph import Graph
 from ._graph_model import ModelSpec, traced_at
 from ._graph_model import sample_fn as _sample_fn
@@ -110,6 +117,8 @@ def check_options(model: ConvertedModel, options: AttributionOptions) -> Attribu
     # `validate_options` checks output, formulation, precision and a class index against the model.
     checked_target = "all" if target in ("all", "label") else target
     validate_options(model, checked_target, output, options.formulation, options.precision)
+    if target == "label":
+        check_class_target(model, "labels")
     if options.rule not in RULES:
         raise JaxjacError(f"rule must be one of {', '.join(RULES)}; got {options.rule!r}")
     for name in ("steps", "samples"):

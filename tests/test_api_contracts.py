@@ -131,6 +131,19 @@ def test_a_softmax_over_a_single_output_is_refused():
             jaxjac.attribute(model, np.zeros((2, *SAMPLE), np.float32), output=output)
 
 
+def test_class_targets_of_a_multidimensional_output_are_refused():
+    """A segmentation-style output `(C, L)` has no predicted class: its flattened argmax would be one position's."""
+    net = nn.Sequential(nn.Conv1d(SAMPLE[0], 3, 3, padding=1), nn.Tanh()).eval()
+    model = jaxjac.convert(net, torch.zeros(1, *SAMPLE), check=False)
+    x = np.zeros((2, *SAMPLE), np.float32)
+    for target, what in (("predicted", "target='predicted'"), (np.array([0, 1]), "labels")):
+        with pytest.raises(jaxjac.JaxjacError, match=rf"{what} .*per-sample output has shape \(3, {SAMPLE[1]}\); use"):
+            jaxjac.jacobian(model, x, target=target)
+        with pytest.raises(jaxjac.JaxjacError, match=rf"{what} .*per-sample output has shape"):
+            jaxjac.attribute(model, x, target=target)
+    assert jaxjac.jacobian(model, x, target=5).shape == (2, *SAMPLE)  # an index into the flattened outputs
+
+
 def test_every_array_type_users_hold_is_taken(pair, x):
     _, model = pair
     labels = np.array([0, 2, 1, 0, 2])
