@@ -49,6 +49,23 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, flo
     return abs_err, abs_err / scale if scale > 0 else abs_err
 
 
+def _why_torch_failed(error: RuntimeError) -> str:
+    """What to do when torch itself cannot compute the check's reference."""
+    if "modified by an inplace operation" in str(error):
+        # jaxjac's graph is functional: the in-place op is an ordinary one there.
+        return (
+            "torch's autograd cannot differentiate this forward (an in-place op overwrites a tensor its gradient "
+            "needs, like `std.add_(mu)` after `exp`), so there is no torch reference to check against; make that op "
+            "out of place, or convert with check=False in Python (jaxjac computes it out of place)"
+        )
+    return "If forward (or an exported .pt2 graph) fixes a dtype inside, convert in that dtype"
+
+
+def _without_torch_hint(line: str) -> str:
+    # torch's own advice (anomaly detection) is for debugging a training step, not this.
+    return line.split(" Hint: ")[0].rstrip(".")
+
+
 def check_conversion(
     net: torch.nn.Module,
     model: ConvertedModel,
@@ -79,8 +96,8 @@ def check_conversion(
         expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index)
     except RuntimeError as error:  # torch's own failures, such as a dtype fixed inside the graph
         raise JaxjacError(
-            f"torch could not run the model on the check's {model.dtype} probe inputs: {first_line(error)}. If "
-            "forward (or an exported .pt2 graph) fixes a dtype inside, convert in that dtype"
+            f"torch could not run the model on the check's {model.dtype} probe inputs: "
+            f"{_without_torch_hint(first_line(error))}. {_why_torch_failed(error)}"
         ) from error
     actual_out = np.asarray(model(x.numpy())).reshape(len(x), -1)
     actual_jac = jacobian(model, x.numpy(), batch_size=len(x))

@@ -502,6 +502,32 @@ def test_a_data_dependent_trace_names_the_line_that_reads_values(net, where):
     assert "draft_export" not in str(e.value)
 
 
+class ReparameterisesInPlace(nn.Module):
+    """`std.add_(mu)` on exp's output, as MONAI's VarAutoEncoder does in eval mode: torch cannot differentiate it."""
+
+    def __init__(self, in_place: bool = True):
+        super().__init__()
+        self.conv, self.in_place = nn.Conv1d(1, 2, 3), in_place
+
+    def forward(self, x):
+        h = self.conv(x).mean(-1)
+        mu, std = h[:, :1], torch.exp(0.5 * h[:, 1:])
+        return std.add_(mu) if self.in_place else std + mu
+
+
+def test_a_forward_torch_cannot_differentiate_is_explained_and_converts_unchecked():
+    torch.manual_seed(0)
+    net, x = ReparameterisesInPlace().eval(), torch.randn(3, 1, 16)
+    with pytest.raises(jaxjac.JaxjacError, match=r"inplace operation.*\. torch's autograd cannot differentiate") as e:
+        jaxjac.convert(net, x)
+    assert "anomaly" not in str(e.value) and "dtype" not in str(e.value)
+    model = jaxjac.convert(net, x, check=False)
+    out_of_place = ReparameterisesInPlace(in_place=False).eval()
+    out_of_place.load_state_dict(net.state_dict())
+    expected = np.stack([torch.autograd.functional.jacobian(out_of_place, x[i : i + 1])[0, :, 0] for i in range(3)])
+    np.testing.assert_allclose(jaxjac.jacobian(model, x), expected, rtol=1e-5, atol=1e-7)
+
+
 class BranchesOnData(nn.Module):
     """A forward whose branch depends on the data (tsai's MiniRocketPlus and HydraPlus do the like)."""
 
