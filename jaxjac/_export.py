@@ -301,29 +301,58 @@ def _causal_masks_taken_as_given() -> Iterator[None]:
 
 # Factories whose tensors a forward reads back as Python numbers, such as the
 # dims of asteroid's global layer norm, `torch.arange(1, x.dim()).tolist()`.
-_CONSTANT_FACTORIES = frozenset({torch.arange, torch.linspace, torch.logspace, torch.tensor, torch.as_tensor})
+_CONSTANT_FACTORIES = frozenset(
+    {torch.arange, torch.linspace, torch.logspace, torch.tensor, torch.as_tensor, torch.from_numpy}
+)
+
+
+_READ_BACKS = frozenset(
+    {
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.__int__,
+        torch.Tensor.__float__,
+        torch.Tensor.__bool__,
+        torch.Tensor.__index__,
+    }
+)
 
 
 class _RealConstants(torch.overrides.TorchFunctionMode):
-    """Tensors made from Python numbers alone hold real values while forward is traced.
+    """Tensors made from Python numbers alone, and what is computed from them alone, hold real values while traced.
 
     torch.export traces with fake tensors, which have shapes but no values,
-    so reading one back (`.tolist()`, `.item()`) fails as data-dependent even
-    where, as here, nothing depends on the data. jaxjac traces one fixed
-    shape, so such a tensor is the same for every input; it is still
-    recorded as the op that made it.
+    so reading one back (`.tolist()`, `int(t[0])`) fails as data-dependent
+    even where, as here, nothing depends on the data: asteroid's DCUNet
+    reads `int(torch.from_numpy(strides)[0])`. jaxjac traces one fixed
+    shape, so such a tensor is the same for every input; the ops that make
+    it are still recorded.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
         kwargs = kwargs or {}
-        if func in _CONSTANT_FACTORIES and not any(
-            isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves((args, kwargs))
-        ):
+        tensors = [leaf for leaf in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
+        made_here = func in _CONSTANT_FACTORIES and not tensors
+        constant = bool(tensors) and not any(_is_traced(t) for t in tensors)
+        if constant and func in _READ_BACKS:
+            # The tracer refuses to read any tensor it records; this one's value is known.
+            from torch.utils._python_dispatch import _disable_current_modes
+
+            with _disable_current_modes():
+                return func(*args, **kwargs)
+        if made_here or constant:
             from torch._subclasses.fake_tensor import unset_fake_temporarily
 
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _is_traced(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is one of the trace's (an input, a parameter, or computed from one), not a real constant."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(tensor) or isinstance(tensor, torch.nn.Parameter)
 
 
 @contextlib.contextmanager

@@ -453,7 +453,25 @@ class UsesPythonMadeTensors(nn.Module):
         return (self.conv(x * window) * ramp).sum(-1) / n
 
 
-@pytest.mark.parametrize("net", [DimsFromATensor(), UsesPythonMadeTensors()], ids=["dims-from-a-tensor", "python-made"])
+class StepFromANumpyConstant(nn.Module):
+    """Reads a step from a numpy constant through torch, as asteroid's DCUNet reads its strides."""
+
+    def __init__(self):
+        super().__init__()
+        self.strides = np.array([2, 4])
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, x):
+        step = int(torch.from_numpy(self.strides)[0])
+        scale = torch.as_tensor(self.strides).prod().item()
+        return self.linear(x[:, 0, ::step]) / scale
+
+
+@pytest.mark.parametrize(
+    "net",
+    [DimsFromATensor(), UsesPythonMadeTensors(), StepFromANumpyConstant()],
+    ids=["dims-from-a-tensor", "python-made", "numpy-constant"],
+)
 def test_tensors_made_from_python_numbers_can_be_read_back_while_traced(net):
     torch.manual_seed(0)
     x = torch.randn(3, 1, 16)
