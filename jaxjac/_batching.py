@@ -49,7 +49,14 @@ def enable_compile_cache(directory: str | os.PathLike | None) -> None:
     if directory is None:
         jax.config.update("jax_compilation_cache_dir", None)
         return
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = Path(directory)
+        why = "is a file" if where.exists() and not where.is_dir() else f"cannot be made ({error.strerror or error})"
+        raise JaxjacError(
+            f"--compile-cache {directory}: {why}; expected a folder to keep compiled programs in, or 'off'"
+        ) from error
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

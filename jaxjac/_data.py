@@ -14,4 +14,5 @@ from ._writers import check_free_space as check_free_space
 from ._writers import create_writer as create_writer
 from ._writers import open_writer_for_resume as open_writer_for_resume
 from ._writers import partial_path as partial_path
+from ._writers import refuse_foreign_folder as refuse_foreign_folder
 from ._writers import required_bytes as required_bytes

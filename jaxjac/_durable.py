@@ -48,3 +48,26 @@ def replace_atomically(path: str | os.PathLike, data: str | bytes, *, mode: int 
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent, best_effort=True)
     return path
+
+
+def folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why new files cannot be written in `folder` (`"folder X does not exist"`, say), or `None` when they can.
+
+    Tried by creating (and removing) an empty file: permission bits say
+    nothing to root, and some file systems (/proc) take no files at all.
+    """
+    shown, folder = os.fspath(folder) or ".", os.path.abspath(os.fspath(folder))
+    if not os.path.isdir(folder):
+        existing = folder
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if os.path.exists(existing) and not os.path.isdir(existing):
+            return f"{existing} is a file, not a folder"
+        return f"folder {shown} does not exist"
+    probe = os.path.join(folder, f".jaxjac-write-test.{secrets.token_hex(4)}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        return f"folder {shown} takes no new files ({error.strerror or error})"
+    os.unlink(probe)
+    return None

@@ -42,7 +42,7 @@ import sys
 
 import numpy as np
 
-from ._durable import fsync_path
+from ._durable import folder_problem, fsync_path
 from ._errors import JaxjacError
 from ._sources import BF16_ATTR, need, npy_header
 
@@ -225,7 +225,7 @@ def create_writer(path, *, shape, dtype: str, overwrite: bool, chunk_rows: int |
     _folder(path)
     work = partial_path(path)
     if os.path.isdir(path) and not os.path.islink(path):
-        _refuse_foreign_folder(path)  # before any work, not when the finished output replaces it
+        refuse_foreign_folder(path)  # before any work, not when the finished output replaces it
     if not overwrite:
         if os.path.lexists(path):
             raise JaxjacError(f"output {path} already exists; {_OVERWRITE}")
@@ -334,10 +334,9 @@ def _kind(path: str, dtype: str) -> str:
 
 def _folder(path) -> str:
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    if not os.path.isdir(folder):
-        raise JaxjacError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise JaxjacError(f"output folder {folder} is not writable (permission denied)")
+    problem = folder_problem(folder)
+    if problem:
+        raise JaxjacError(f"cannot write output {path}: {problem}")
     return folder
 
 
@@ -349,13 +348,13 @@ def _default_chunk_rows(shape, itemsize: int) -> int:
 
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
-        _refuse_foreign_folder(path)
+        refuse_foreign_folder(path)
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
 
 
-def _refuse_foreign_folder(path: str) -> None:
+def refuse_foreign_folder(path: str) -> None:
     """Refuse to delete a folder that is not a zarr array: `--force` replaces old outputs, not folders of files."""
     try:
         with open(os.path.join(path, "zarr.json")) as f:
@@ -371,7 +370,7 @@ def _refuse_foreign_folder(path: str) -> None:
 
 def _replace(src: str, dst: str) -> None:
     if os.path.isdir(dst) and not os.path.islink(dst):  # can't rename over a folder: move it aside
-        _refuse_foreign_folder(dst)
+        refuse_foreign_folder(dst)
         aside = f"{dst}.old-{os.getpid()}"
         os.rename(dst, aside)
         os.rename(src, dst)

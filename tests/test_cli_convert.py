@@ -168,16 +168,25 @@ def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys, monkeypatch,
             ["{dynamic}", "--check-data", "nope.npy"],
             r"--check-data nope\.npy: cannot read it \(No such file or directory\)",
         ),
+        (
+            ["{dynamic}", "-o", "garbage.pt/m.jaxjac"],
+            r"cannot write garbage\.pt/m\.jaxjac: .*garbage\.pt is a file, not a folder",
+        ),
+        (
+            ["{dynamic}", "--probes", "1000000000000"],
+            r"out of memory making --probes 1000000000000 random samples of shape \(1, 32\) for the check; a few",
+        ),
     ],
 )
 def test_one_line_errors(ckpts, arch, tmp_path, capsys, args, message):
     (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
     paths = {k.split(".")[0]: str(v) for k, v in ckpts.items()}
-    argv = ["convert", *[a.format(arch=arch, **paths) for a in args], *FAST]
+    argv = ["convert", *FAST, *[a.format(arch=arch, **paths) for a in args]]
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert re.search(message, line), line
     assert not list(tmp_path.glob("*.jaxjac"))
+    assert (tmp_path / "garbage.pt").read_bytes() == b"not a model at all"
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,8 @@ def test_force_does_not_delete_a_folder_that_is_not_an_output(artifact, tmp_path
     argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(folder), "--force", *cache]
     assert main(argv) == 2
     assert "is an existing folder that is not a zarr array" in one_error_line(capsys.readouterr().err)
+    assert main([a for a in argv if a != "--force"]) == 2  # not "pass --force", which would not help
+    assert "not a zarr array; jaxjac will not delete it, even with --force" in one_error_line(capsys.readouterr().err)
     assert (folder / "thesis.tex").read_text() == "years of work"
     # An earlier zarr output is replaced.
     (folder / "thesis.tex").unlink()
@@ -78,6 +80,24 @@ def test_force_does_not_delete_a_folder_that_is_not_an_output(artifact, tmp_path
     assert main(argv[:-3] + ["--quiet", *cache]) == 0
     assert main([*argv, "--quiet"]) == 0
     assert (folder / "zarr.json").exists()
+
+
+def test_paths_that_are_files_where_folders_belong_are_named(artifact, tmp_path, capsys, cache):
+    make_data(tmp_path / "X.npy", 4)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    base = ["jacobian", artifact, str(tmp_path / "X.npy")]
+    assert main([*base, "-o", str(notes / "J.npy")]) == 2
+    assert re.search(
+        r"cannot write output .*notes\.txt/J\.npy: .*notes\.txt is a file, not a folder$",
+        one_error_line(capsys.readouterr().err),
+    )
+    assert main([*base, "-o", str(tmp_path / "J.npy"), "--compile-cache", str(notes)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert re.search(
+        r"--compile-cache .*notes\.txt: is a file; expected a folder to keep compiled programs in, or 'off'", line
+    )
+    assert notes.read_text() == "precious"
 
 
 @pytest.mark.parametrize("out", [".", "", "/", "J", "J.txt", ".npy"])

@@ -381,8 +381,13 @@ def test_existing_output_untouched_unless_overwrite(tmp_path):
 
 def test_writer_refusals(tmp_path, monkeypatch):
     kw = {"shape": OUT_SHAPE, "dtype": "float32", "overwrite": False}
-    with pytest.raises(JaxjacError, match=r"^output folder .*missing does not exist$"):
+    with pytest.raises(JaxjacError, match=r"^cannot write output .*J\.npy: folder .*missing does not exist$"):
         create_writer(tmp_path / "missing" / "J.npy", **kw)
+    (tmp_path / "a-file").write_text("precious")
+    with pytest.raises(JaxjacError, match=r"^cannot write output .*J\.npy: .*a-file is a file, not a folder$"):
+        create_writer(tmp_path / "a-file" / "sub" / "J.npy", **kw)
+    assert (tmp_path / "a-file").read_text() == "precious"
+    (tmp_path / "a-file").unlink()
     with pytest.raises(JaxjacError, match=r"\.npy can't store bfloat16 .*; write a \.zarr output, or use float16"):
         create_writer(tmp_path / "J.npy", **{**kw, "dtype": "bfloat16"})
     with pytest.raises(JaxjacError, match=r"output dtype `int8` is not supported; choose one of float64, float32, "):
@@ -391,9 +396,17 @@ def test_writer_refusals(tmp_path, monkeypatch):
         create_writer(tmp_path / "J.h5", **kw)
     with pytest.raises(JaxjacError, match=r"^cannot resume .*J\.npy: neither it nor its partial file"):
         open_writer_for_resume(tmp_path / "J.npy", shape=OUT_SHAPE, dtype="float32")
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path) else real_access(p, m))
-    with pytest.raises(JaxjacError, match=r"^output folder .* is not writable \(permission denied\)$"):
+    real_open = os.open
+
+    def refusing_open(p, *args, **kwargs):  # as an unwritable folder does, even to root on some file systems
+        if os.path.dirname(os.fspath(p)) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", os.fspath(p))
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(
+        JaxjacError, match=r"^cannot write output .*J\.npy: folder .* takes no new files \(Permission denied\)$"
+    ):
         create_writer(tmp_path / "J.npy", **kw)
     assert list(tmp_path.iterdir()) == []
 
@@ -407,7 +420,7 @@ def test_free_space(tmp_path):
         match=rf"^not enough free disk space in {tmp_path} for J\.npy: it needs 1,024\.0 TiB, only .* is free$",
     ):
         check_free_space(tmp_path / "J.npy", 1 << 50)
-    with pytest.raises(JaxjacError, match=r"output folder .* does not exist"):
+    with pytest.raises(JaxjacError, match=r"folder .*no does not exist"):
         check_free_space(tmp_path / "no" / "J.npy", 1)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._durable import folder_problem
 from .._errors import JaxjacError
 
 _SHAPE = re.compile(r"^\s*[\(\[]?\s*(\d+\s*(,\s*\d+\s*)*),?\s*[\)\]]?\s*$")
@@ -80,10 +81,9 @@ def require_new_file(path: Path, force: bool) -> None:
         raise JaxjacError(f"-o {path} is an existing folder; expected a file path (choose another -o)")
     if path.exists() and not force:
         raise JaxjacError(f"{path} already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise JaxjacError(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise JaxjacError(f"cannot write {path}: folder {path.parent} is not writable")
+    problem = folder_problem(path.parent)
+    if problem:
+        raise JaxjacError(f"cannot write {path}: {problem}")
 
 
 def refuse_writing_over_inputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:

@@ -46,6 +46,9 @@ examples:
 """
 
 
+_DEFAULT_PROBES = 8
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `convert` subparser."""
     parser = subparsers.add_parser(
@@ -78,7 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     check = parser.add_argument_group("the conversion check")
     check.add_argument("--check-data", type=Path, metavar="X.npy", help="probe inputs (P, *sample_shape) to check on")
     check.add_argument(
-        "--probes", type=int, default=8, metavar="N", help="random probes when no --check-data (default 8)"
+        "--probes",
+        type=int,
+        default=_DEFAULT_PROBES,
+        metavar="N",
+        help=f"random probes when no --check-data (default {_DEFAULT_PROBES})",
     )
     check.add_argument(
         "--rtol",
@@ -149,17 +156,25 @@ def run(args: argparse.Namespace) -> int:
     }
     x64 = jax.enable_x64(True) if args.dtype == "float64" else contextlib.nullcontext()
     with x64:
-        model = convert(
-            checkpoint.net,
-            np.zeros((1, *sample_shape)),
-            dtype=args.dtype,
-            output_index=args.output_index,
-            check_data=check_data,
-            n_probes=args.probes,
-            rtol=args.rtol,
-            atol=args.atol,
-            metadata={"source": source},
-        )
+        try:
+            model = convert(
+                checkpoint.net,
+                np.zeros((1, *sample_shape)),
+                dtype=args.dtype,
+                output_index=args.output_index,
+                check_data=check_data,
+                n_probes=args.probes,
+                rtol=args.rtol,
+                atol=args.atol,
+                metadata={"source": source},
+            )
+        except MemoryError as error:
+            if args.probes <= _DEFAULT_PROBES or check_data is not None:
+                raise
+            raise JaxjacError(
+                f"out of memory making --probes {args.probes} random samples of shape {tuple(sample_shape)} for the "
+                f"check; a few suffice (default {_DEFAULT_PROBES}), or pass --check-data with real samples"
+            ) from error
         save(model, output, overwrite=args.force)
     print(format_report(model.metadata["check"]))
     print(f"wrote {output} (input {sample_shape} -> output {model.output_shape}, {model.dtype})")

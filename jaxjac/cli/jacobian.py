@@ -197,6 +197,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
         open_reader,
         open_writer_for_resume,
         partial_path,
+        refuse_foreign_folder,
         required_bytes,
     )
     from .._formulations import batch_jacobian_core
@@ -286,6 +287,8 @@ def _prepare(args: argparse.Namespace) -> _Job:
                 f"{job.path} has an unfinished run ({job.sidecar.name}); pass --resume to continue it "
                 "or --force to start over"
             )
+        if finished and job.path.is_dir():
+            refuse_foreign_folder(str(job.path))  # not a zarr output: --force would not help
         if not args.force and finished:
             raise JaxjacError(f"{job.path} already exists; pass --force to overwrite it (or choose another -o)")
         if args.resume:
