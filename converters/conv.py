@@ -160,11 +160,13 @@ def _dense_cpu_form(
 # faster as one dense convolution by the block-diagonal kernel, which does 32
 # times the multiply-adds, and 4-16 groups of 8-16 channels 1.3-2.1x faster as
 # one dense convolution per group, concatenated (float64: 1.5-1.7x). The split
-# is unrolled, and compiling it took about 1.7 s more per layer of 16 groups:
-# more groups are left to XLA. float64 gains from the split only: its dense
-# convolutions are patch products, and the block-diagonal one's extra work
-# costs more than it saves there.
-GROUPED_MAX_SPLIT = 16
+# is unrolled, and its compilation grows with the groups: a DenseNet-style net
+# with 12 groups per convolution (as torch_ecg's lead-wise DenseNet) compiled
+# its Jacobian in 13.9 s split against 4.7 s with XLA's convolution, for a run
+# of 0.09 s against 0.14 s. So only up to 4 groups are split. float64 gains
+# from the split only: its dense convolutions are patch products, and the
+# block-diagonal one's extra work costs more than it saves there.
+GROUPED_MAX_SPLIT = 4
 BLOCK_DIAGONAL_MAX_GROUP_CHANNELS = 8
 BLOCK_DIAGONAL_MAX_CHANNELS = 128
 

@@ -403,8 +403,11 @@ GROUPED = {
         ("block-diagonal", "split"),
     ),
     "thick-groups": (18, 20, dict(out_channels=6, kernel_size=3, groups=2), ("split", "split")),
-    "wide-thin-groups": (144, 12, dict(out_channels=48, kernel_size=3, groups=16), ("split", "split")),
-    "depthwise-long-kernel": (8, 80, dict(out_channels=8, kernel_size=65, groups=8, padding=32), ("split", "split")),
+    "thick-groups-4": (40, 12, dict(out_channels=8, kernel_size=3, groups=4, padding=1), ("split", "split")),
+    # 12 groups would compile slowly split.
+    "thick-groups-12": (144, 12, dict(out_channels=48, kernel_size=3, groups=12), (None, None)),
+    "depthwise-long-kernel": (4, 80, dict(out_channels=4, kernel_size=65, groups=4, padding=32), ("split", "split")),
+    "depthwise-long-kernel-8": (8, 80, dict(out_channels=8, kernel_size=65, groups=8, padding=32), (None, None)),
     "many-groups": (132, 12, dict(out_channels=66, kernel_size=3, groups=66), (None, None)),
     "many-thin-groups": (
         34,
