@@ -20,9 +20,15 @@ class JaxjacError(Exception):
 class UnsupportedOpError(JaxjacError):
     """An ATen op in the model has no JAX lowering."""
 
-    def __init__(self, op: str, where: str, others: int = 0, *, data_dependent: bool = False) -> None:
+    def __init__(self, op: str, where: str, others: int = 0, *, kind: str = "") -> None:
         more = f" (and {others} other unsupported op{'s' if others != 1 else ''})" if others else ""
-        if data_dependent:
+        if kind == "random":
+            message = (
+                f"ATen op `{op}` from {where} draws random numbers on every call, eval mode included{more}, so "
+                "the model's output is no function of its input and has no exact Jacobian; jaxjac converts "
+                "deterministic models: switch that noise off for inference (a flag, or `if self.training:`)"
+            )
+        elif kind == "data-dependent":
             message = (
                 f"ATen op `{op}` from {where} makes a shape depend on the input's values{more} (boolean-mask "
                 "indexing, nonzero, .item()); jaxjac needs every shape fixed by the input's shape: rewrite it "

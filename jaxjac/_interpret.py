@@ -32,7 +32,35 @@ def check_supported(graph: Graph) -> None:
         others = len({node.op for node in missing}) - 1
         # A value-dependent shape is the cause; the symbolic-size ops around it are symptoms.
         first = next((node for node in missing if node.op in _DATA_DEPENDENT), missing[0])
-        raise UnsupportedOpError(first.op, first.where(), others, data_dependent=first.op in _DATA_DEPENDENT)
+        first = next((node for node in missing if node.op.split(".")[1] in _RANDOM), first)
+        kind = (
+            "random" if first.op.split(".")[1] in _RANDOM else "data-dependent" if first.op in _DATA_DEPENDENT else ""
+        )
+        raise UnsupportedOpError(first.op, first.where(), others, kind=kind)
+
+
+# Ops that draw random numbers (by their name after `aten.`): a forward with one is no function of its input.
+_RANDOM = frozenset(
+    {
+        "randn",
+        "rand",
+        "randint",
+        "randn_like",
+        "rand_like",
+        "randint_like",
+        "randperm",
+        "normal",
+        "normal_",
+        "uniform",
+        "uniform_",
+        "bernoulli",
+        "bernoulli_",
+        "multinomial",
+        "poisson",
+        "exponential",
+        "exponential_",
+    }
+)
 
 
 _DATA_DEPENDENT = frozenset(

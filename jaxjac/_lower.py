@@ -34,9 +34,12 @@ def _module_of(node: torch.fx.Node) -> tuple[str, str]:
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return "", ""
-    path, kind = list(stack.values())[-1]
-    kind = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
-    return path, kind
+    for path, kind in reversed(list(stack.values())):
+        kind = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+        # torch.export wraps a TorchScript module in a module of its own: not the user's layer.
+        if not kind.startswith("torch.export."):
+            return path, kind
+    return "", ""
 
 
 def _tensor_to_numpy(t: torch.Tensor, float_dtype: np.dtype) -> np.ndarray:

@@ -295,6 +295,31 @@ def test_a_value_dependent_shape_is_named_as_the_cause():
         jaxjac.convert(MaskedMean().eval(), torch.randn(2, 1, 8))
 
 
+class NoisyPool(nn.Module):
+    """Adds noise to its mean in eval mode too, as speechbrain's StatisticsPooling does."""
+
+    def forward(self, x):
+        mean = x.mean(-1)
+        return mean + 1e-5 * torch.randn(mean.shape)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["module", "torch.jit.trace"])
+def test_a_random_forward_is_named_as_random_at_its_layer(traced):
+    net = nn.Sequential(nn.Conv1d(1, 4, 3), NoisyPool(), nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 1, 16)
+    where = r"the model's own forward"
+    if traced:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, which still works
+            net = torch.jit.trace(net, x[:1], check_trace=False)
+    else:
+        where = r"module `1` \(test_convert_api\.NoisyPool\)"
+    message = rf"`aten\.randn\.default` from {where} draws random numbers on every call, eval mode included"
+    with pytest.raises(jaxjac.UnsupportedOpError, match=message) as raised:
+        jaxjac.convert(net, x)
+    assert "report" not in str(raised.value) and "torch.export._trace" not in str(raised.value)
+
+
 class DictOutputs(nn.Module):
     def __init__(self, keys=("logits",)):
         super().__init__()
