@@ -193,9 +193,6 @@ def _float32_of(truth: np.ndarray, rng: np.random.Generator, rounding: float = 1
         ("rounding 10x torch's", False),
         ("NaN in one probe", True),
         ("NaN in every probe", False),
-        ("kinks in 3 of torch's probes and 5 of jaxjac's", True),
-        ("kinks in 3 of torch's probes, off in every probe", False),
-        ("kinks in 3 of torch's probes and 6 of jaxjac's", False),
     ],
 )
 def test_float64_verdict_takes_rounding_and_kinks_but_not_a_bug(case, explained):
@@ -207,11 +204,7 @@ def test_float64_verdict_takes_rounding_and_kinks_but_not_a_bug(case, explained)
         ours[:off, :, :, 5] += 0.3  # one unit's contribution to every output, gone
     if case == "a kink in one of 8 probes of torch's":
         theirs[4, :, :, 5] += 0.3
-    kinks = re.match(r"kinks in (\d) of torch's probes", case)
-    if kinks:  # a model dense in kinks: torch's own float32 misses probes too
-        theirs[-int(kinks[1]) :, :, :, 7] += 0.3
-        ours[: int(re.search(r"(\d) of jaxjac's", case)[1]) if "jaxjac" in case else 0, :, :, 5] += 0.3
-    if case.endswith("off in every probe"):
+    if case == "off in every probe":
         ours *= 1.01
     if case == "rounding 10x torch's":
         ours = _float32_of(truth, rng, rounding=1e-6)
