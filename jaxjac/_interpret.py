@@ -30,12 +30,15 @@ def check_supported(graph: Graph) -> None:
     missing = [node for node in graph.nodes if node.op != "getitem" and converters.lookup(node.op) is None]
     if missing:
         others = len({node.op for node in missing}) - 1
-        # A value-dependent shape is the cause; the symbolic-size ops around it are symptoms.
-        first = next((node for node in missing if node.op in _DATA_DEPENDENT), missing[0])
-        first = next((node for node in missing if node.op.split(".")[1] in _RANDOM), first)
-        kind = (
-            "random" if first.op.split(".")[1] in _RANDOM else "data-dependent" if first.op in _DATA_DEPENDENT else ""
-        )
+        # A random op, else a value-dependent shape, is the cause; the ops around it are symptoms.
+        random = [node for node in missing if node.op.split(".")[1] in _RANDOM]
+        data_dependent = [node for node in missing if node.op in _DATA_DEPENDENT]
+        if random:
+            first, kind = random[0], "random"
+        elif data_dependent:
+            first, kind = data_dependent[0], "data-dependent"
+        else:
+            first, kind = missing[0], ""
         raise UnsupportedOpError(first.op, first.where(), others, kind=kind)
 
 

@@ -303,15 +303,20 @@ class NoisyPool(nn.Module):
         return mean + 1e-5 * torch.randn(mean.shape)
 
 
+def jit_trace(net: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    """`torch.jit.trace(net, x)`, without comparing a second run (a random forward differs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, which still works
+        return torch.jit.trace(net, x, check_trace=False)
+
+
 @pytest.mark.parametrize("traced", [False, True], ids=["module", "torch.jit.trace"])
 def test_a_random_forward_is_named_as_random_at_its_layer(traced):
     net = nn.Sequential(nn.Conv1d(1, 4, 3), NoisyPool(), nn.Linear(4, 3)).eval()
     x = torch.randn(2, 1, 16)
     where = r"the model's own forward"
     if traced:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, which still works
-            net = torch.jit.trace(net, x[:1], check_trace=False)
+        net = jit_trace(net, x[:1])
     else:
         where = r"module `1` \(test_convert_api\.NoisyPool\)"
     message = rf"`aten\.randn\.default` from {where} draws random numbers on every call, eval mode included"
@@ -512,10 +517,7 @@ def test_untraceable_python_is_named_with_its_line_and_the_trace_that_converts_i
     with pytest.raises(jaxjac.JaxjacError, match=message) as raised:
         jaxjac.convert(net, x)
     assert "draft_export" not in str(raised.value)  # torch's closing advice, which names no cause
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, which still works
-        traced = torch.jit.trace(net, x[:1])
-    model = jaxjac.convert(traced, x)  # the hint's way works, and its check passes
+    model = jaxjac.convert(jit_trace(net, x[:1]), x)  # the hint's way works, and its check passes
     expected = np.stack([torch.autograd.functional.jacobian(net, x[i : i + 1])[0, :, 0] for i in range(3)])
     np.testing.assert_allclose(jaxjac.jacobian(model, x), expected, rtol=1e-5, atol=1e-6)
 
