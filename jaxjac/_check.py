@@ -134,14 +134,48 @@ def check_conversion(
     ]
     report["passed"] = not failed
     if failed:
-        raise ConversionCheckError(
+        spread = _torch_self_disagreement(net, x[torch.as_tensor(finite)], expected_out[finite], output_index)
+        if spread is not None:
+            report["torch_batch_vs_single_rel_error"] = spread
+        message = (
             f"the converted model disagrees with torch beyond rtol={rtol:g}, atol={atol:g} on "
-            f"{report['n_probes']} probe inputs: {'; '.join(failed)}. Unless forward computes in float64 without 64-bit JAX (see the warning) "
+            f"{report['n_probes']} probe inputs: {'; '.join(failed)}. "
+        )
+        if spread is not None and spread > rtol:
+            raise ConversionCheckError(
+                message + f"But torch disagrees with itself by {spread:.3g} (relative) on these probes' outputs, "
+                "run in one batch against one at a time, so it is no reference at this tolerance: its forward changes "
+                "from call to call (it rescales its own weights, say) or mixes the samples of a batch, or the model "
+                "is ill-conditioned at these inputs (untrained or exploding weights?). Check on real samples "
+                "(check_data, --check-data), or raise --rtol/--atol",
+                report,
+            )
+        raise ConversionCheckError(
+            message + "Unless forward computes in float64 without 64-bit JAX (see the warning) "
             "or on random numbers, this is a lowering bug: please report it; raise --rtol/--atol only if the "
             "difference is expected",
             report,
         )
     return report
+
+
+def _torch_self_disagreement(
+    net: torch.nn.Module, x: torch.Tensor, per_sample_out: np.ndarray, output_index: int | None
+) -> float | None:
+    """How far torch's outputs for `x` run as one batch are from its one-at-a-time `per_sample_out`, relative.
+
+    In a well-conditioned model the two differ by rounding. `None` where
+    torch cannot run the batch (a forward that takes one sample only, say).
+    """
+    try:
+        with eval_mode(net, warn=False), torch.no_grad():
+            leaves = torch.utils._pytree.tree_leaves(net(x))
+            batched = leaves[0 if output_index is None else output_index].reshape(len(x), -1).numpy()
+    except Exception:  # torch raises many types for a forward that takes no batch
+        return None
+    if batched.shape != per_sample_out.shape:
+        return None
+    return relative_error(batched, per_sample_out)[1]
 
 
 # A float32 conversion that misses the tolerance against torch's float32 is
@@ -153,6 +187,16 @@ def check_conversion(
 # braindecode's ContraWR). A probe passes within the tolerance, or within
 # ROUNDING_FACTOR times torch's own typical (median) float32 error; at most
 # KINK_FRACTION of the probes may miss, since a lowering bug shows in nearly all.
+# A model dense in kinks (torch_ecg's Xception: torch's own float32 missed 3 of
+# 8 probes) lets jaxjac miss as many more as torch's float32 missed, but only
+# while that is at most half the probes: kinks are where rounding decides, and
+# a torch float32 that misses most probes is off for another reason (a forward
+# that rescales its own weights on each call, say), which excuses nothing.
+# The float64 look takes torch's float64 as the truth only where it agrees
+# with itself, run in one batch against one at a time, to FLOAT64_SELF_AGREEMENT
+# (relative; 1e-16 to 1e-13 in the models swept): a forward that rescales its
+# weights on each call, or one that rounding blows up, has no truth to judge by.
+FLOAT64_SELF_AGREEMENT = 1e-8
 ROUNDING_FACTOR = 4.0
 KINK_FRACTION = 0.25
 
@@ -175,10 +219,15 @@ def _unless_explained_in_float64(
     try:
         with in_dtype(net, torch.float64) as net64:
             truth = dict(zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index), strict=True))
+            spread = _torch_self_disagreement(net64, x.double(), truth["outputs"], output_index)
     except Exception:  # torch raises many types for a model that cannot run in float64
         return failed
     if any(v.dtype != np.float64 for v in truth.values()):
         return failed
+    if spread is not None:
+        report["torch_float64_batch_vs_single_rel_error"] = spread
+        if spread > FLOAT64_SELF_AGREEMENT:  # no truth to judge rounding against
+            return failed
     verdicts = {key: float64_verdict(*arrays[key], truth[key], rtol, atol) for key in failed}
     for key, verdict in verdicts.items():
         report[f"{key}_float64_reference"] = verdict
@@ -194,19 +243,23 @@ def float64_verdict(ours: np.ndarray, theirs: np.ndarray, truth: np.ndarray, rto
 
     **Returns:** a JSON-serialisable dict: the tolerance each probe is held
     to (`rtol`, or `ROUNDING_FACTOR` times torch's median float32 error if
-    larger), how many probes missed it, both float32 errors, and
-    `explained`: at most `KINK_FRACTION` of the probes missed.
+    larger), how many probes jaxjac's and torch's float32 missed it by, both
+    float32 errors, and `explained`: jaxjac missed at most `KINK_FRACTION` of
+    the probes, plus as many as torch's float32 missed where that is at most half.
     """
     scale = float(np.max(np.abs(truth))) if truth.size else 0.0
     ours_err, theirs_err = _per_probe_error(ours, truth, scale), _per_probe_error(theirs, truth, scale)
     tolerance = max(rtol, ROUNDING_FACTOR * float(np.median(theirs_err))) if len(truth) else rtol
     missed = int(np.sum(~(ours_err * scale <= atol + tolerance * scale)))
+    torch_missed = int(np.sum(~(theirs_err * scale <= atol + tolerance * scale)))
+    allowed = int(KINK_FRACTION * len(truth)) + (torch_missed if 2 * torch_missed <= len(truth) else 0)
     return {
         "jaxjac_float32_max_rel_error": float(np.max(ours_err, initial=0.0)),
         "torch_float32_max_rel_error": float(np.max(theirs_err, initial=0.0)),
         "tolerance": tolerance,
         "probes_missed": missed,
-        "explained": missed <= int(KINK_FRACTION * len(truth)),
+        "torch_float32_probes_missed": torch_missed,
+        "explained": missed <= allowed,
     }
 
 

@@ -193,6 +193,10 @@ def _float32_of(truth: np.ndarray, rng: np.random.Generator, rounding: float = 1
         ("rounding 10x torch's", False),
         ("NaN in one probe", True),
         ("NaN in every probe", False),
+        ("kinks in 3 of torch's probes and 5 of jaxjac's", True),
+        ("kinks in 3 of torch's probes, off in every probe", False),
+        ("kinks in 3 of torch's probes and 6 of jaxjac's", False),
+        ("torch off in 5 of 8 probes, jaxjac in 3", False),
     ],
 )
 def test_float64_verdict_takes_rounding_and_kinks_but_not_a_bug(case, explained):
@@ -204,8 +208,15 @@ def test_float64_verdict_takes_rounding_and_kinks_but_not_a_bug(case, explained)
         ours[:off, :, :, 5] += 0.3  # one unit's contribution to every output, gone
     if case == "a kink in one of 8 probes of torch's":
         theirs[4, :, :, 5] += 0.3
-    if case == "off in every probe":
+    kinks = re.match(r"kinks in (\d) of torch's probes", case)
+    if kinks:  # a model dense in kinks: torch's own float32 misses probes too
+        theirs[-int(kinks[1]) :, :, :, 7] += 0.3
+        ours[: int(re.search(r"(\d) of jaxjac's", case)[1]) if "jaxjac" in case else 0, :, :, 5] += 0.3
+    if case.endswith("off in every probe"):
         ours *= 1.01
+    if case.startswith("torch off in 5"):  # torch's float32 off at most probes is no sign of kinks
+        theirs[:5] *= 1.01
+        ours[:3, :, :, 5] += 0.3
     if case == "rounding 10x torch's":
         ours = _float32_of(truth, rng, rounding=1e-6)
     if case.startswith("NaN"):
@@ -648,6 +659,9 @@ def test_a_weight_constraint_applied_in_forward_is_converted_with_a_warning():
     with pytest.warns(UserWarning, match=r"forward assigns to a parameter's `.data` \(a weight constraint"):
         assert_converts(ConstrainedEEGNet(), (22, 32), "float64", n=3)
     assert "data" not in torch.Tensor.__dict__  # torch's own `.data` is back
-    with pytest.raises(jaxjac.ConversionCheckError, match="max relative error"):
+    with pytest.raises(jaxjac.ConversionCheckError, match="max relative error") as failure:
         with pytest.warns(UserWarning, match="forward assigns"):
             jaxjac.convert(ConstrainedEEGNet(scale_in_forward=1.5).eval(), torch.randn(2, 22, 32))
+    # Each torch call rescales again, so torch is no reference, and the error says so instead of "lowering bug".
+    assert "torch disagrees with itself by" in str(failure.value) and "lowering bug" not in str(failure.value)
+    assert failure.value.report["torch_batch_vs_single_rel_error"] > 0.4
