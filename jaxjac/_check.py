@@ -6,6 +6,8 @@ The reference is the per-sample loop users start from:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -56,9 +58,14 @@ def _why_torch_failed(error: RuntimeError) -> str:
         return (
             "torch's autograd cannot differentiate this forward (an in-place op overwrites a tensor its gradient "
             "needs, like `std.add_(mu)` after `exp`), so there is no torch reference to check against; make that op "
-            "out of place, or convert with check=False in Python (jaxjac computes it out of place)"
+            "out of place, or convert unchecked (check=False, --no-check): jaxjac computes it out of place"
         )
-    return "If forward (or an exported .pt2 graph) fixes a dtype inside, convert in that dtype"
+    if re.search(r"dtype|scalar type|Float|Double|Half", str(error)):
+        return "If forward (or an exported .pt2 graph) fixes a dtype inside, convert in that dtype"
+    return (
+        "The check needs torch to run the model on its probe inputs: pass inputs it takes (check_data, "
+        "--check-data), or convert unchecked (check=False, --no-check)"
+    )
 
 
 def _without_torch_hint(line: str) -> str:

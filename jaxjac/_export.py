@@ -15,6 +15,7 @@ import operator
 import os
 import re
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 
@@ -83,13 +84,37 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         except Exception as error:  # torch raises many types here, with long messages
             if printed.getvalue().strip():
                 error.add_note(f"torch printed while tracing:\n{printed.getvalue()}")
-            raise JaxjacError(
-                f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: "
-                f"{_gist(error)}"
-            ) from error
-        sys.stderr.write(printed.getvalue())
-        _detach_no_grad_blocks(program)
-        return program.run_decompositions(_decomposition_table())
+            failure = error
+        else:
+            sys.stderr.write(printed.getvalue())
+            _detach_no_grad_blocks(program)
+            return program.run_decompositions(_decomposition_table())
+    eager_failure = _eager_failure(net, sample)
+    if eager_failure is not None and _eager_failure(net, torch.cat([sample, sample])) is None:
+        raise JaxjacError(
+            f"the model's forward fails in torch itself on a batch of one sample, shape {tuple(sample.shape)}, "
+            f"which is how jaxjac traces it, and runs on a batch of two: {_gist(eager_failure)}. A forward that "
+            "calls `x.squeeze()` drops the batch axis of a batch of one: squeeze only the axes you mean "
+            "(`x.squeeze(-1)`)"
+        ) from failure
+    if eager_failure is not None:
+        raise JaxjacError(
+            f"the model's forward fails in torch itself on an input of shape {tuple(sample.shape)}: "
+            f"{_gist(eager_failure)}. Is that the shape of one sample, with a batch axis in front?"
+        ) from failure
+    raise JaxjacError(
+        f"torch.export could not trace the model's forward on an input of shape {tuple(sample.shape)}: {_gist(failure)}"
+    ) from failure
+
+
+def _eager_failure(net: torch.nn.Module, sample: torch.Tensor) -> Exception | None:
+    """What torch's own forward raises on `sample`, a batch of one, or `None` if it runs."""
+    try:
+        with eval_mode(net, warn=False), torch.no_grad():
+            net(sample)
+    except Exception as error:  # whatever the user's forward raises
+        return error
+    return None
 
 
 def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
@@ -156,8 +181,9 @@ def _data_assignments_ignored() -> Iterator[None]:
 # Causes torch.export names obscurely, and what to do about them.
 # torch.jit.trace records the ops one input runs through, whatever Python computed around them.
 _TRACE_INSTEAD = (
-    "convert `torch.jit.trace(net, x)` instead (its recording follows the path of that input; jaxjac's check "
-    "compares it with the model)"
+    "convert `torch.jit.trace(net, x)` instead (its recording follows the path that input took, so it is right "
+    "only where every input takes that path; jaxjac's check compares the conversion with the recording, not "
+    "with your model)"
 )
 
 _EXPORT_HINTS = (
@@ -188,7 +214,7 @@ def _gist(error: BaseException) -> str:
     """Torch's message in one line: its first line, the line of forward that failed, its last when that adds the cause, plus a hint."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
     gist = lines[0] if len(lines[0]) <= 300 else lines[0][:300] + " ..."
-    where = _failing_call(lines)
+    where = _failing_call(lines) or _user_frame(error)
     if where:
         gist += f" at {where}"
     if len(lines) > 1 and lines[-1] not in gist and not lines[-1].startswith(_EXPORT_BOILERPLATE):
@@ -216,6 +242,29 @@ def _failing_call(lines: list[str]) -> str | None:
         if cause and not os.path.exists(os.path.join(os.path.dirname(torch.__file__), cause[1])):
             return f"{os.path.basename(cause[1])}:{cause[2]} (in {cause[3]})"
     return None
+
+
+# Frames in these folders are torch's, jaxjac's or Python's, not the model's.
+_NOT_USER_CODE = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (torch, contextlib, sys.modules[__package__])
+)
+
+
+def _user_frame(error: BaseException) -> str | None:
+    """`file:line (code)` of the innermost frame of `error`'s traceback outside torch, jaxjac and Python.
+
+    That is where the model's own code called what failed (its forward, or a
+    library's module it uses).
+    """
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not os.path.abspath(frame.filename).startswith(_NOT_USER_CODE) and not frame.filename.startswith("<")
+    ]
+    if not frames:
+        return None
+    frame = frames[-1]
+    return f"{os.path.basename(frame.filename)}:{frame.lineno} ({(frame.line or '').strip()[:200]})"
 
 
 def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:
@@ -368,10 +417,17 @@ def _quiet_export() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
         # Its shape solver logs warnings about its own bookkeeping ("Unable to find user code
         # corresponding to {u0}") beside a failed trace, whose cause jaxjac's error gives.
-        shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
-        level = shapes_log.level
-        shapes_log.setLevel(logging.ERROR)
+        # Fake tensors log the traceback of a failing op's shape function at ERROR,
+        # before raising the same error, which jaxjac's message then gives.
+        quieted = {
+            "torch.fx.experimental.symbolic_shapes": logging.ERROR,
+            "torch._subclasses.fake_tensor": logging.CRITICAL,
+        }
+        levels = {name: logging.getLogger(name).level for name in quieted}
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
         try:
             yield
         finally:
-            shapes_log.setLevel(level)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)

@@ -558,6 +558,58 @@ def test_a_data_dependent_trace_names_the_line_that_reads_values(net, where):
     assert "draft_export" not in str(e.value)
 
 
+class ReadsTopPeriod(nn.Module):
+    """A period read from the spectrum into Python (thuml's TimesNet does): one program cannot hold that."""
+
+    def forward(self, x):
+        top = torch.topk(torch.fft.rfft(x, dim=-1).abs().mean((0, 1)), 1)[1].numpy()
+        return x.flatten(1)[:, : int(top[0]) + 1]
+
+
+class SqueezesAll(nn.Module):
+    """`x.squeeze()` keeps (N, bands) for N > 1 and drops the batch axis of one sample (DeepHyperX's MouEtAl)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):  # (N, 1, 8)
+        bands_first = x.squeeze().permute(1, 0)  # (8, N)
+        return self.fc(bands_first.t())
+
+
+def test_a_trace_that_fails_names_the_line_from_the_traceback():
+    with pytest.raises(jaxjac.JaxjacError, match=r"\.numpy\(\) .* at test_convert_api\.py:\d+ \(top = torch\.topk"):
+        jaxjac.convert(ReadsTopPeriod().eval(), torch.randn(2, 1, 8), check=False)
+
+
+def test_a_forward_that_fails_on_one_sample_says_so_and_how_to_fix_it(capfd):
+    net, x = SqueezesAll().eval(), torch.randn(4, 1, 8)
+    assert net(x).shape == (4, 2)  # fine on a batch of several
+    with pytest.raises(
+        jaxjac.JaxjacError,
+        match=r"fails in torch itself on a batch of one sample, shape \(1, 1, 8\).* at test_convert_api\.py:\d+ "
+        r"\(bands_first = x\.squeeze\(\)\.permute.*squeeze only the axes you mean",
+    ):
+        jaxjac.convert(net, x)
+    assert "fake_tensor" not in capfd.readouterr().err  # torch's logged traceback of the same error is silenced
+
+
+class GathersByValue(nn.Module):
+    """Indices computed from the values: in range on the example, out of range in torch on wider probes."""
+
+    def forward(self, x):  # (N, 1, 8)
+        return torch.gather(x, -1, (x.abs() * 4).long()).flatten(1)
+
+
+def test_torch_failing_on_the_probes_for_a_reason_other_than_dtype_is_told_the_way_out():
+    with pytest.raises(
+        jaxjac.JaxjacError, match=r"torch could not run the model.*pass inputs it takes .*--no-check"
+    ) as e:
+        jaxjac.convert(GathersByValue().eval(), torch.rand(2, 1, 8), check_data=np.full((3, 1, 8), 5.0))
+    assert "dtype" not in str(e.value)
+
+
 class ReparameterisesInPlace(nn.Module):
     """`std.add_(mu)` on exp's output, as MONAI's VarAutoEncoder does in eval mode: torch cannot differentiate it."""
 

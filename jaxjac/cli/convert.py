@@ -94,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="relative tolerance of the check (default 1e-4); in float32, a miss that float32 rounding and kinks explain (against torch in float64) passes",
     )
     check.add_argument("--atol", type=float, default=0.0, help="absolute tolerance of the check (default 0)")
+    check.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check, for a model torch's autograd cannot differentiate (an in-place op on a tensor its "
+        "gradient needs) or run on probes; the artifact records that it was not checked",
+    )
     parser.add_argument(
         "--dtype", choices=("float32", "float64"), default="float32", help="float type (default float32)"
     )
@@ -162,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 np.zeros((1, *sample_shape)),
                 dtype=args.dtype,
                 output_index=args.output_index,
+                check=not args.no_check,
                 check_data=check_data,
                 n_probes=args.probes,
                 rtol=args.rtol,
@@ -176,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
                 f"check; a few suffice (default {_DEFAULT_PROBES}), or pass --check-data with real samples"
             ) from error
         save(model, output, overwrite=args.force)
-    print(format_report(model.metadata["check"]))
+    if args.no_check:
+        print_note("the conversion was not checked against torch (--no-check)")
+    else:
+        print(format_report(model.metadata["check"]))
     print(f"wrote {output} (input {sample_shape} -> output {model.output_shape}, {model.dtype})")
     return 0
 
