@@ -77,7 +77,13 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
     # the one-line error); it is kept for `--debug`, and anything else passed on.
     printed = io.StringIO()
-    with eval_mode(net), torch.enable_grad(), _quiet_export(), _causal_masks_taken_as_given(), _RealConstants():
+    with (
+        eval_mode(net),
+        torch.enable_grad(),
+        _quiet_export(),
+        _causal_masks_taken_as_given(),
+        _RealConstants(),
+    ):
         try:
             with contextlib.redirect_stderr(printed):
                 program = _export(net, sample)
@@ -118,6 +124,16 @@ def _eager_failure(net: torch.nn.Module, sample: torch.Tensor) -> Exception | No
 
 
 def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
+    try:
+        with _integer_buffers_as_constants(net):
+            return _export_buffers_kept(net, sample)
+    except Exception as error:
+        if "is mutated in the forward method" not in str(error):
+            raise
+    return _export_buffers_kept(net, sample)  # forward updates an integer buffer (a counter): a buffer it stays
+
+
+def _export_buffers_kept(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
     try:
         return torch.export.export(net, (sample,))
     except Exception as error:
@@ -383,7 +399,9 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
         tensors = [leaf for leaf in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
         made_here = func in _CONSTANT_FACTORIES and not tensors
         constant = bool(tensors) and not any(_is_traced(t) for t in tensors)
-        if constant and func in _READ_BACKS:
+        if constant and (func in _READ_BACKS or _integer_arithmetic(tensors)):
+            # Integer arithmetic on constants (padding from `stride` buffers, say) is
+            # computed untraced: a real number torch reads back inside ops like F.pad.
             # The tracer refuses to read any tensor it records; this one's value is known.
             from torch.utils._python_dispatch import _disable_current_modes
 
@@ -395,6 +413,45 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _integer_buffers_as_constants(net: torch.nn.Module) -> Iterator[None]:
+    """Integer buffers are plain tensor attributes in the block, so they keep real values while traced.
+
+    torch.export makes every buffer a fake tensor, with no value. Integer
+    buffers are not differentiated and are the same for every input, but
+    forward may read them back: transformers' Encodec and Mimi compute their
+    padding from `stride` and `kernel_size` buffers. As plain attributes they
+    are constants of the program, which `_RealConstants` computes with.
+    """
+    saved = []
+    for module in net.modules():
+        integer = {
+            name: buffer for name, buffer in module._buffers.items() if buffer is not None and _is_integer(buffer)
+        }
+        if integer:
+            saved.append((module, module._buffers.copy()))
+            for name, buffer in integer.items():
+                del module._buffers[name]
+                module.__dict__[name] = buffer
+    try:
+        yield
+    finally:
+        for module, buffers in saved:
+            for name in buffers:
+                module.__dict__.pop(name, None)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+
+
+def _is_integer(tensor: torch.Tensor) -> bool:
+    # Not bool: bool buffers are masks, which forward applies to the data rather than reads back.
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+def _integer_arithmetic(tensors: list[torch.Tensor]) -> bool:
+    return all(_is_integer(t) and t.numel() <= 64 for t in tensors)
 
 
 def _is_traced(tensor: torch.Tensor) -> bool:

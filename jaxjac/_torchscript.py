@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -29,10 +31,13 @@ def from_torchscript(scripted: torch.jit.ScriptModule, sample_shape: tuple[int, 
     scripted.eval()
     dtype = next((t.dtype for t in (*scripted.parameters(), *scripted.buffers()) if t.is_floating_point()), None)
     sample = torch.zeros((1, *sample_shape), dtype=dtype or torch.float32)
+    printed = io.StringIO()  # a failed conversion prints its partial graph, hundreds of lines
     try:
-        with quiet_converter():
+        with quiet_converter(), contextlib.redirect_stderr(printed):
             module = TS2EPConverter(scripted, (sample,)).convert().module()
     except Exception as error:  # the converter raises many types; keep its first line
+        if printed.getvalue().strip():
+            error.add_note(f"torch printed while converting:\n{printed.getvalue()}")
         raise JaxjacError(
             f"{where}: could not convert the TorchScript module to torch.export on an input of shape "
             f"{tuple(sample.shape)}: {first_line(error)}. Convert the original nn.Module (a state_dict with "
@@ -40,6 +45,7 @@ def from_torchscript(scripted: torch.jit.ScriptModule, sample_shape: tuple[int, 
         ) from error
     finally:
         scripted.train(training)
+    sys.stderr.write(printed.getvalue())
     _fold_size_arithmetic(module, sample)
     _restore_parameters(module, [name for name, _ in scripted.named_parameters()])
     # Traced in eval mode; the flags say whether the user handed over a training module. Set

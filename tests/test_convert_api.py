@@ -558,6 +558,48 @@ def test_a_data_dependent_trace_names_the_line_that_reads_values(net, where):
     assert "draft_export" not in str(e.value)
 
 
+class PadsFromIntegerBuffers(nn.Module):
+    """'Same' padding computed from int64 buffers and handed to F.pad as tensors (transformers' Encodec and Mimi)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 7, stride=2)
+        self.register_buffer("stride", torch.tensor(2), persistent=False)
+        self.register_buffer("kernel_size", torch.tensor(7), persistent=False)
+        self.register_buffer("padding_total", torch.tensor(5), persistent=False)
+
+    def forward(self, x):
+        frames = torch.ceil((x.shape[-1] - self.kernel_size + self.padding_total) / self.stride + 1).long() - 1
+        extra = frames * self.stride + self.kernel_size - self.padding_total - x.shape[-1]
+        return self.conv(F.pad(x, (self.padding_total, extra), mode="reflect")).mean(-1)
+
+
+def test_integer_buffers_are_constants_forward_can_read_back():
+    net, x = PadsFromIntegerBuffers().double().eval(), torch.randn(3, 1, 50, dtype=torch.float64)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, x, dtype="float64")
+        got = jaxjac.jacobian(model, x.numpy())
+    expected = np.stack([torch.autograd.functional.jacobian(net, x[i : i + 1])[0, :, 0] for i in range(3)])
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+    assert dict(net.named_buffers()).keys() == {"stride", "kernel_size", "padding_total"}  # buffers again
+
+
+class CountsCalls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+        self.register_buffer("calls", torch.tensor(0))
+
+    def forward(self, x):
+        self.calls += 1  # an integer buffer forward updates stays a buffer
+        return self.conv(x).mean(-1)
+
+
+def test_an_integer_buffer_forward_updates_still_converts():
+    model = jaxjac.convert(CountsCalls().eval(), torch.randn(2, 1, 8))
+    assert model.metadata["check"]["passed"]
+
+
 class ReadsTopPeriod(nn.Module):
     """A period read from the spectrum into Python (thuml's TimesNet does): one program cannot hold that."""
 
