@@ -27,17 +27,16 @@ def _canonical(dtype: jnp.dtype | None, default: jnp.dtype | type) -> jnp.dtype:
 
 
 def _as_default_float(value: Scalar) -> Scalar:
-    # With no dtype, torch makes a float tensor in its default dtype,
-    # float32; the model computes in its own float dtype, but the values are
-    # the float32-rounded ones torch holds (0.1 -> 0.100000001490116).
+    # With no dtype, torch makes a float tensor in its default dtype, float32,
+    # even in a float64 model: the float32-rounded value (0.1 -> 0.100000001490116).
     return float(np.float32(value)) if isinstance(value, float) else value
 
 
 def _infer_dtype(*values: Scalar) -> jnp.dtype:
-    # torch: any float gives the default float dtype, else any int gives
-    # int64 (JAX's default int), else bool.
+    # torch: any float gives the default float dtype (float32, in a float64
+    # model too), else any int gives int64 (JAX's default int), else bool.
     if any(isinstance(v, float) for v in values):
-        return _canonical(None, jnp.float64)
+        return jnp.dtype(jnp.float32)
     if all(isinstance(v, bool) for v in values):
         return jnp.dtype(bool)
     return _canonical(None, jnp.int64)
@@ -86,7 +85,7 @@ def arange(end: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
 @register("aten.linspace.default")
 def linspace(start: float, end: float, steps: int, dtype: jnp.dtype | None = None) -> jax.Array:
     """`(steps,)` evenly spaced values from `start` to `end` inclusive."""
-    return jnp.asarray(np.linspace(start, end, steps), _canonical(dtype, jnp.float64))
+    return jnp.asarray(np.linspace(start, end, steps), _canonical(dtype, jnp.float32))
 
 
 @register("aten.full.default")
@@ -154,7 +153,7 @@ def ones_like(x: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
 @register("aten.scalar_tensor.default")
 def scalar_tensor(s: Scalar, dtype: jnp.dtype | None = None) -> jax.Array:
     """A 0-D array holding `s` (torch's default dtype here is float)."""
-    return jnp.asarray(_as_default_float(s) if dtype is None else s, dtype=_canonical(dtype, jnp.float64))
+    return jnp.asarray(s, dtype=_canonical(dtype, jnp.float32))
 
 
 @register("aten._to_copy.default")

@@ -4,10 +4,9 @@ Every function here broadcasts like torch and takes JAX arrays or Python
 scalars. Two torch rules need care in JAX:
 
 - *Integer to float.* torch's float-valued ops (true division, `sqrt`, `exp`,
-  ...) turn integer and bool tensors into the default float dtype. Here they
-  become a *weakly typed* float (`x * 1.0`), which then takes the dtype of the
-  model's float tensors it meets, so a float32 model stays float32 even when
-  64-bit JAX is on.
+  ...) turn integer and bool tensors into the default float dtype, float32,
+  in a float64 model too (which then promotes where they meet its tensors).
+  Here they do the same, so a float64 conversion rounds those steps as torch does.
 - *Gradients at kinks.* `clamp` passes the gradient through at its bounds
   (torch's `self >= min & self <= max`), where `jnp.clip` would halve it.
 """
@@ -40,8 +39,17 @@ def _as_float(x: Operand) -> Operand:
     if isinstance(x, float):
         return x
     if _is_exact(x):
-        return jnp.asarray(x) * 1.0
+        return jnp.asarray(x, jnp.float32)
     return x
+
+
+def _float_scalar_promotes(a: Operand, b: Operand) -> tuple[Operand, Operand]:
+    """torch: an integer or bool tensor meeting a Python float becomes float32 (its default dtype), not float64."""
+    if isinstance(b, float) and not isinstance(a, bool | int) and _is_exact(a):
+        a = _as_float(a)
+    if isinstance(a, float) and not isinstance(b, bool | int) and _is_exact(b):
+        b = _as_float(b)
+    return a, b
 
 
 def _unary_float(fn):
@@ -61,24 +69,28 @@ def _unary_float(fn):
 @register("aten.add.Tensor", "aten.add.Scalar")
 def add(a: Operand, b: Operand, alpha: float = 1) -> Operand:
     """`a + alpha * b`, broadcast."""
+    a, b = _float_scalar_promotes(a, b)
     return a + (b * alpha if alpha != 1 else b)
 
 
 @register("aten.sub.Tensor", "aten.sub.Scalar")
 def sub(a: Operand, b: Operand, alpha: float = 1) -> Operand:
     """`a - alpha * b`, broadcast."""
+    a, b = _float_scalar_promotes(a, b)
     return a - (b * alpha if alpha != 1 else b)
 
 
 @register("aten.rsub.Scalar", "aten.rsub.Tensor")
 def rsub(a: Operand, b: Operand, alpha: float = 1) -> Operand:
     """`b - alpha * a`, broadcast (ATen's reversed subtraction)."""
+    a, b = _float_scalar_promotes(a, b)
     return b - (a * alpha if alpha != 1 else a)
 
 
 @register("aten.mul.Tensor", "aten.mul.Scalar")
 def mul(a: Operand, b: Operand) -> Operand:
     """`a * b`, broadcast."""
+    a, b = _float_scalar_promotes(a, b)
     return a * b
 
 
@@ -86,6 +98,7 @@ def _true_divide(a: Operand, b: Operand) -> Operand:
     # torch's true division of two integer operands gives a float.
     if _is_exact(a) and _is_exact(b):
         a = _as_float(a)
+    a, b = _float_scalar_promotes(a, b)
     return a / b
 
 

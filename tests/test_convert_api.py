@@ -558,6 +558,32 @@ def test_a_data_dependent_trace_names_the_line_that_reads_values(net, where):
     assert "draft_export" not in str(e.value)
 
 
+class DefaultDtypeSteps(nn.Module):
+    """Steps torch computes in its default dtype, float32, inside a float64 model."""
+
+    def __init__(self, step: str):
+        super().__init__()
+        self.step = step
+
+    def forward(self, x):  # (N, 8)
+        if self.step == "full":
+            return x * torch.log(torch.full(x.shape, 7.3))
+        if self.step == "int-times-float":
+            return x * torch.exp((x > 0).long() * 0.37)
+        return x * torch.sin((x > 0).long() / 3.1)  # int-over-float
+
+
+@pytest.mark.parametrize("step", ["full", "int-times-float", "int-over-float"])
+def test_a_float64_model_rounds_default_dtype_steps_as_torch_does(step):
+    net, x = DefaultDtypeSteps(step).eval(), torch.randn(3, 8, dtype=torch.float64)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, x, dtype="float64")
+        got_out, got_jac = np.asarray(model(x.numpy())), jaxjac.jacobian(model, x.numpy())
+    expected = np.stack([torch.autograd.functional.jacobian(net, x[i : i + 1])[0, :, 0] for i in range(3)])
+    np.testing.assert_allclose(got_out, net(x).numpy(), rtol=1e-15)  # float64 rounding of float32 would be 1e-8
+    np.testing.assert_allclose(got_jac, expected, rtol=1e-15)
+
+
 class PadsFromIntegerBuffers(nn.Module):
     """'Same' padding computed from int64 buffers and handed to F.pad as tensors (transformers' Encodec and Mimi)."""
 
