@@ -170,8 +170,12 @@ def run_jacobian(
 @functools.lru_cache(maxsize=64)
 def _jacobian_program(core: Callable, out_dtype: np.dtype) -> Callable:
     # One function object per core and dtype, so that `_compile` can reuse its compilation.
+    # A float64 output from a float32 run (64-bit JAX off) is widened by the writer on
+    # the host: asking JAX for it would only warn that it truncates.
+    device_dtype = jax.dtypes.canonicalize_dtype(out_dtype)
+
     def program(consts, x, batch_labels, rows):
-        return core(consts, x, batch_labels).astype(out_dtype)
+        return core(consts, x, batch_labels).astype(device_dtype)
 
     return program
 

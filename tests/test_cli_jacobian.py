@@ -45,6 +45,15 @@ def test_writes_jacobians_with_json_summary(artifact, tmp_path, capsys, cache):
     assert not (tmp_path / "J.npy.progress.json").exists() and not (tmp_path / "J.npy.partial").exists()
 
 
+def test_float64_output_of_a_float32_model_is_widened_without_a_warning(artifact, tmp_path, cache):
+    x = make_data(tmp_path / "X.npy", 5)
+    out = tmp_path / "J64.npy"
+    # Warnings are errors in this suite: JAX's "truncated to float32" from a float64 request would fail it.
+    assert main(["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), "--dtype", "float64", *cache]) == 0
+    assert np.load(out).dtype == np.float64
+    np.testing.assert_array_equal(np.load(out), jaxjac.jacobian(jaxjac.load(artifact), x).astype(np.float64))
+
+
 def test_json_summary_times_the_phases(artifact, tmp_path, capsys, cache):
     make_data(tmp_path / "X.npy", 9)
     argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), "--json", *cache]
