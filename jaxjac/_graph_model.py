@@ -130,12 +130,14 @@ class GraphModel(ModelInterface):
 def tensor_dtype(dtype: np.dtype, float_dtype: np.dtype) -> np.dtype:
     """The dtype a stored tensor takes in a model computing in `float_dtype`.
 
-    Floats take the model's float dtype and complex tensors (spectral
-    weights) its complex counterpart; other tensors what `jnp.asarray` makes
-    of them (int64 becomes int32 unless 64-bit JAX is on).
+    Floats take the model's float dtype, unless they are narrower (a
+    float32 constant of a float64 model, which torch computes with in
+    float32), and complex tensors (spectral weights) its complex
+    counterpart; other tensors what `jnp.asarray` makes of them (int64
+    becomes int32 unless 64-bit JAX is on).
     """
     if np.issubdtype(dtype, np.floating):
-        return np.dtype(float_dtype)
+        return np.dtype(dtype) if np.dtype(dtype).itemsize < np.dtype(float_dtype).itemsize else np.dtype(float_dtype)
     if np.issubdtype(dtype, np.complexfloating):
         return complex_dtype(float_dtype)
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))

@@ -42,8 +42,12 @@ def _module_of(node: torch.fx.Node) -> tuple[str, str]:
     return "", ""
 
 
-def _tensor_to_numpy(t: torch.Tensor, float_dtype: np.dtype) -> np.ndarray:
+def _tensor_to_numpy(t: torch.Tensor, float_dtype: np.dtype, *, constant: bool = False) -> np.ndarray:
     t = t.detach().cpu()
+    if constant and t.dtype == torch.float32 and np.dtype(float_dtype).itemsize > 4:
+        # A constant forward makes in torch's default dtype (`torch.tensor(24.0)`)
+        # is float32 in a float64 model too, and torch computes with it so.
+        return t.numpy().copy()
     if t.is_floating_point():
         return t.to(torch.float64).numpy().astype(float_dtype)
     if t.is_complex():
@@ -84,14 +88,15 @@ def lower_program(
             continue
         target = spec.target
         value = program.state_dict.get(target)
-        if value is None:
+        constant = value is None
+        if constant:
             value = program.constants.get(target)
         if not isinstance(value, torch.Tensor):
             raise JaxjacError(
                 f"model input `{target}` is a {type(value).__name__}, not a tensor; jaxjac converts "
                 "models whose parameters, buffers and constants are tensors"
             )
-        tensors[target] = _tensor_to_numpy(value, float_dtype)
+        tensors[target] = _tensor_to_numpy(value, float_dtype, constant=constant)
         refs[name] = Ref("tensor", target)
     if len(user_inputs) != 1:
         raise JaxjacError(

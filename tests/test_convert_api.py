@@ -568,12 +568,14 @@ class DefaultDtypeSteps(nn.Module):
     def forward(self, x):  # (N, 8)
         if self.step == "full":
             return x * torch.log(torch.full(x.shape, 7.3))
+        if self.step == "float32-constant":  # SEW-D's and DeBERTa's attention scale
+            return x / torch.sqrt(torch.tensor(x.shape[-1], dtype=torch.float) * 3).to(x.dtype)
         if self.step == "int-times-float":
             return x * torch.exp((x > 0).long() * 0.37)
         return x * torch.sin((x > 0).long() / 3.1)  # int-over-float
 
 
-@pytest.mark.parametrize("step", ["full", "int-times-float", "int-over-float"])
+@pytest.mark.parametrize("step", ["full", "float32-constant", "int-times-float", "int-over-float"])
 def test_a_float64_model_rounds_default_dtype_steps_as_torch_does(step):
     net, x = DefaultDtypeSteps(step).eval(), torch.randn(3, 8, dtype=torch.float64)
     with jax.enable_x64(True):
