@@ -45,6 +45,11 @@ def read_progress(path: Path) -> dict[str, Any]:
         raise JaxjacError(f"{path}: cannot read the progress file ({error}); pass --force to start over") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
         raise JaxjacError(f"{path} is not a jaxjac progress file; pass --force to start over")
+    if not isinstance(state["fingerprint"], dict):
+        raise JaxjacError(
+            f"{path}: expected `fingerprint` to be a JSON object, found {type(state['fingerprint']).__name__}; "
+            "the progress file is damaged: pass --force to start over"
+        )
     if state.get("version") != VERSION:
         raise JaxjacError(f"{path} has progress format version {state.get('version')!r}; this jaxjac reads {VERSION}")
     for field, least in (("completed_rows", 0), ("batch_size", 1)):

@@ -9,6 +9,7 @@ h5py, zarr and torch are imported only when a file of that format is opened.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zipfile
@@ -31,6 +32,9 @@ def need(module: str, what: str):
         raise JaxjacError(f"{what} needs the `{module}` package; install it with `pip install 'jaxjac[io]'`") from None
 
 
+_NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+
+
 def npy_header(f, where: str, size: int, start: int = 0):
     """Parse the .npy header at `start` of the open binary file `f`; check the data fits in `size` bytes.
 
@@ -40,18 +44,22 @@ def npy_header(f, where: str, size: int, start: int = 0):
     f.seek(start)
     try:
         version = fmt.read_magic(f)
+        if version not in _NPY_VERSIONS:
+            raise ValueError(f"format version {version}; numpy writes {', '.join(map(str, _NPY_VERSIONS))}")
         read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = read(f, max_header_size=1 << 20)
-    except (ValueError, OSError, SyntaxError, EOFError, struct.error, zlib.error, zipfile.BadZipFile) as e:
-        raise JaxjacError(f"{where} is not a valid .npy file ({first_line(e)})") from None
+    except Exception as e:  # any failure to parse untrusted header bytes, tokenize's included
+        raise JaxjacError(f"{where} is not a valid .npy file ({type(e).__name__}: {first_line(e)})") from None
+    if any(d < 0 for d in shape):
+        raise JaxjacError(f"{where} is not a valid .npy file: its header gives the negative shape {tuple(shape)}")
     if dtype.hasobject:
         raise JaxjacError(f"{where} holds Python objects (dtype {dtype}); expected a numeric array")
     offset = f.tell()
-    need_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    need_bytes = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot wrap around
     have = size - (offset - start)
     if have < need_bytes:
         raise JaxjacError(
-            f"{where} is truncated: its header promises a {shape} {dtype} array ({need_bytes:,} bytes of data) "
+            f"{where} is truncated: its header promises a {tuple(shape)} {dtype} array ({need_bytes:,} bytes of data) "
             f"but only {max(have, 0):,} bytes follow (an interrupted copy or download?)"
         )
     return tuple(shape), fortran, dtype, offset

@@ -47,6 +47,35 @@ def test_jacobian_never_writes_over_its_inputs(artifact, tmp_path, capsys, cache
     assert {p: _digest(p) for p in before} == before
 
 
+@pytest.mark.parametrize(
+    ("data_name", "processes", "role"),
+    [
+        ("J.npy.partial", 1, "its unfinished rows"),
+        ("J.npy.progress.json", 1, "its progress file"),
+        ("J.00001-of-00002.npy", 2, "process 1's shard"),
+        ("J.npy.index.json", 2, "the index of its shards"),
+        ("J.zarr.partial", 1, "its unfinished rows"),
+    ],
+)
+def test_force_never_deletes_an_input_named_like_a_side_file(
+    artifact, tmp_path, capsys, cache, monkeypatch, data_name, processes, role
+):
+    """`--force` clears an old run's side files; an input that bears such a name is refused, not deleted."""
+    import jax
+
+    data = tmp_path / data_name
+    make_data(tmp_path / "X.npy", 6)
+    (tmp_path / "X.npy").rename(data)  # np.save would append .npy
+    before = _digest(data)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)  # as if this were one process of several
+    monkeypatch.setattr("jaxjac._distributed.all_processes", lambda ok: [ok])
+    out = tmp_path / ("J.zarr" if "zarr" in data_name else "J.npy")
+    assert main(["jacobian", artifact, str(data), "-o", str(out), "--force", *cache]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"would overwrite the input DATA {data}: the run writes {role} at {data}" in line
+    assert _digest(data) == before
+
+
 def test_convert_and_importance_never_write_over_their_inputs(artifact, tmp_path, capsys):
     x = tmp_path / "X.npy"
     make_data(x, 6)
@@ -61,6 +90,28 @@ def test_convert_and_importance_never_write_over_their_inputs(artifact, tmp_path
     assert main(["convert", str(checkpoint), "-o", str(checkpoint), "--force"]) == 2
     assert "would overwrite the input CHECKPOINT" in one_error_line(capsys.readouterr().err)
     assert {p: _digest(p) for p in before} == before
+
+
+def test_importance_report_and_figure_must_be_different_files(artifact, tmp_path, capsys):
+    x = tmp_path / "X.npy"
+    make_data(x, 6)
+    report = tmp_path / "imp.svg"
+    report.write_text("an earlier report")
+    argv = ["importance", artifact, str(x), "-o", str(report), "--plot", str(tmp_path / "imp.png"), "--force"]
+    assert main([*argv, "--quiet"]) == 2
+    assert re.search(
+        r"-o .*imp\.svg is also where --plot .*imp\.png writes a figure", one_error_line(capsys.readouterr().err)
+    )
+    assert report.read_text() == "an earlier report"
+
+
+def test_convert_never_writes_over_the_arch_source(ckpts, arch, tmp_path, capsys):
+    source = tmp_path / (arch.partition(":")[0] + ".py")
+    before = _digest(source)
+    argv = ["convert", str(ckpts["state_dict.pt"]), "--input-shape", "1,32", "--arch", arch, "-o", str(source)]
+    assert main([*argv, "--force", "--probes", "2"]) == 2
+    assert f"-o {source} would overwrite the input --arch {source}" in one_error_line(capsys.readouterr().err)
+    assert _digest(source) == before
 
 
 def test_force_does_not_delete_a_folder_that_is_not_an_output(artifact, tmp_path, capsys, cache):
@@ -149,10 +200,17 @@ def test_a_damaged_artifact_is_refused(artifact, tmp_path, capsys, cache, damage
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("completed_rows", -5), ("completed_rows", "many"), ("batch_size", 0), ("batch_size", None)],
+    ("field", "value", "expected"),
+    [
+        ("completed_rows", -5, "an integer"),
+        ("completed_rows", "many", "an integer"),
+        ("batch_size", 0, "an integer"),
+        ("batch_size", None, "an integer"),
+        ("fingerprint", None, "a JSON object"),
+        ("fingerprint", [1, 2], "a JSON object"),
+    ],
 )
-def test_a_tampered_progress_file_is_refused(tmp_path, field, value):
+def test_a_tampered_progress_file_is_refused(tmp_path, field, value, expected):
     from jaxjac._resume import read_progress, write_progress
 
     path = tmp_path / "J.npy.progress.json"
@@ -160,7 +218,7 @@ def test_a_tampered_progress_file_is_refused(tmp_path, field, value):
     state = json.loads(path.read_text())
     state[field] = value
     path.write_text(json.dumps(state))
-    with pytest.raises(jaxjac.JaxjacError, match=rf"expected `{field}` to be an integer"):
+    with pytest.raises(jaxjac.JaxjacError, match=rf"expected `{field}` to be {expected}"):
         read_progress(path)
 
 

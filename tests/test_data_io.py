@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -201,6 +202,37 @@ def test_truncated_and_corrupt_npy(tmp_path):
     p.write_bytes(b"garbage" * 20)
     with pytest.raises(JaxjacError, match=r"X\.npy is not a valid npy file \(140 bytes, unrecognised signature"):
         open_reader(p, sample_shape=(1, L), dtype="float32")
+
+
+def _forged_npy(path, header: str, version: tuple[int, int] = (1, 0)) -> None:
+    """A .npy file whose header says `header`, padded as numpy pads it, with no data."""
+    text = header.encode("latin1")
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY" + bytes(version) + struct.pack("<H", len(text)) + text)
+
+
+@pytest.mark.parametrize(
+    ("shape", "version", "message"),
+    [
+        ("(-3, 1, 16)", (1, 0), r"is not a valid \.npy file: its header gives the negative shape \(-3, 1, 16\)"),
+        ("(2**40, 2**40, 16)", (1, 0), r"is truncated: its header promises a \(1099511627776, 1099511627776, 16\)"),
+        ("(3, 1, 16)", (9, 0), r"is not a valid \.npy file \(ValueError: format version \(9, 0\)"),
+        ("(3, 1", (1, 0), r"is not a valid \.npy file \(TokenError"),
+    ],
+    ids=["negative", "overflowing", "version-9", "cut-header"],
+)
+def test_forged_npy_headers_are_refused_in_one_line(tmp_path, shape, version, message):
+    from pathlib import Path
+
+    from jaxjac.cli._common import load_npy
+
+    shape = shape.replace("2**40", str(2**40))
+    tail = "" if shape.endswith("1") else ", }"
+    _forged_npy(p := tmp_path / "X.npy", f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}{tail}", version)
+    with pytest.raises(JaxjacError, match=message):
+        open_reader(p, sample_shape=(1, L), dtype="float32")
+    with pytest.raises(JaxjacError, match=r"--labels \S+X\.npy " + message):
+        load_npy(Path(p), "--labels", "integer labels (N,)")
 
 
 def test_corrupt_npz(tmp_path):

@@ -127,6 +127,27 @@ def test_resume_with_a_changed_model_is_refused(artifact, tmp_path, capsys, monk
     assert main([*argv, "--force"]) == 0 and not sidecar.exists()
 
 
+def test_resume_from_a_progress_file_claiming_more_rows_than_the_data_is_refused(
+    artifact, tmp_path, capsys, monkeypatch
+):
+    make_data(tmp_path / "X.npy", 8)
+    out, sidecar = tmp_path / "J.npy", tmp_path / "J.npy.progress.json"
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(out), "--compile-cache", str(tmp_path)]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("jaxjac._run.run_jacobian", killed)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    state = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**state, "completed_rows": 16}))  # a valid file, hand-edited, on a batch boundary
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2  # not exit 0 with no row computed
+    assert "records 16 completed rows, but this run has 8; the progress file is damaged" in capsys.readouterr().err
+    assert not out.exists() and (tmp_path / "J.npy.partial").exists()
+
+
 def test_resume_with_data_regenerated_in_place_is_refused(artifact, tmp_path, capsys, monkeypatch):
     # Same path, shape and dtype, other values: resuming would mix rows of two datasets.
     x = tmp_path / "X.npy"

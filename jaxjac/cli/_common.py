@@ -86,21 +86,36 @@ def require_new_file(path: Path, force: bool) -> None:
         raise JaxjacError(f"cannot write {path}: {problem}")
 
 
-def refuse_writing_over_inputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+def refuse_writing_over_inputs(
+    outputs: dict[str, Path | None],
+    inputs: dict[str, Path | None],
+    side_files: dict[str, list[tuple[Path, str]]] | None = None,
+) -> None:
     """Refuse an output that is, holds or lies inside one of the command's input files.
 
     `--force` allows replacing an old *output*, never the data the command reads.
-    Keys name the flags (`-o`, `DATA`, `--labels`) for the message.
+    Keys name the flags (`-o`, `DATA`, `--labels`) for the message. `side_files`
+    lists, per output flag, the other files a run writes or deletes beside it, each
+    with what it is for (`(Path("J.npy.partial"), "its unfinished rows")`).
     """
-    for out_flag, out in outputs.items():
+    written = [(flag, out, out, None) for flag, out in outputs.items() if out is not None]
+    for flag, files in (side_files or {}).items():
+        written += [(flag, outputs[flag], path, role) for path, role in files]
+    for out_flag, out, path, role in written:
         for in_flag, source in inputs.items():
-            if out is not None and source is not None and _overlap(out, source):
+            if source is None or not paths_overlap(path, source):
+                continue
+            if role is None:
                 raise JaxjacError(
                     f"{out_flag} {out} would overwrite the input {in_flag} {source}; choose another {out_flag}"
                 )
+            raise JaxjacError(
+                f"{out_flag} {out} would overwrite the input {in_flag} {source}: the run writes {role} at {path}; "
+                f"choose another {out_flag} or rename the input"
+            )
 
 
-def _overlap(a: Path, b: Path) -> bool:
+def paths_overlap(a: Path, b: Path) -> bool:
     """Whether paths `a` and `b` name the same file, or one folder holds the other."""
     real_a, real_b = os.path.realpath(a), os.path.realpath(b)
     if real_a == real_b or real_a.startswith(real_b + os.sep) or real_b.startswith(real_a + os.sep):
@@ -113,9 +128,13 @@ def _overlap(a: Path, b: Path) -> bool:
 
 def load_npy(path: Path, flag: str, expected: str, *, mmap: bool = False) -> np.ndarray:
     """The array in the `.npy` file `path`, or a one-line error naming `flag` and what was `expected`."""
+    from .._sources import npy_header
+
     try:
         with open(path, "rb") as f:
             head = f.read(6)
+            if head == b"\x93NUMPY":  # a forged header is told as such, before numpy allocates for it
+                npy_header(f, f"{flag} {path}", os.fstat(f.fileno()).st_size)
     except OSError as error:
         raise JaxjacError(f"{flag} {path}: cannot read it ({error.strerror or error})") from None
     if head != b"\x93NUMPY":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for note in checkpoint.notes:
         print_note(note)
+    if args.arch:  # --force must not replace the model's own source
+        module = sys.modules.get(args.arch.partition(":")[0])
+        source_file = getattr(module, "__file__", None)
+        refuse_writing_over_inputs({"-o": output}, {"--arch": Path(source_file) if source_file else None})
     sample_shape = sample_shape or checkpoint.sample_shape
     if sample_shape is None:
         raise JaxjacError(

@@ -12,7 +12,15 @@ import time
 from pathlib import Path
 
 from .._errors import JaxjacError
-from ._common import add_precision_flag, load_npy, print_note, refuse_writing_over_inputs, require_new_file, sha256_of
+from ._common import (
+    add_precision_flag,
+    load_npy,
+    paths_overlap,
+    print_note,
+    refuse_writing_over_inputs,
+    require_new_file,
+    sha256_of,
+)
 
 DESCRIPTION = """\
 Rank the features (e.g. spectral bands) of a dataset by how much a converted
@@ -305,6 +313,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
             inputs[f"--{flag.replace('_', '-')}"] = Path(value)
     for path in paths:
         refuse_writing_over_inputs({"-o" if path == args.out else "--plot": path}, inputs)
+    clashes = [figure for figure in paths[1:] if args.out is not None and paths_overlap(args.out, figure)]
+    if clashes:
+        raise JaxjacError(
+            f"-o {args.out} is also where --plot {args.plot} writes a figure ({clashes[0]}); choose another -o "
+            "or --plot, e.g. -o importance.json --plot importance.png"
+        )
     if not paths:
         _note(args, "nothing will be saved: pass -o importance.json and/or --plot importance.png")
 

@@ -208,7 +208,11 @@ def _prepare(args: argparse.Namespace) -> _Job:
         raise JaxjacError(f"--labels and --target {args.target} both choose the class to differentiate; give one")
     if args.out.suffix not in (".npy", ".zarr") or args.out.name in (".npy", ".zarr"):
         raise JaxjacError(f"-o {str(args.out)!r}: expected an output path ending in .npy or .zarr")
-    refuse_writing_over_inputs({"-o": args.out}, {"MODEL": args.model, "DATA": args.data, "--labels": args.labels})
+    refuse_writing_over_inputs(
+        {"-o": args.out},
+        {"MODEL": args.model, "DATA": args.data, "--labels": args.labels},
+        side_files={"-o": _side_files(args.out, jax.process_count())},
+    )
     job = _Job()
     job.model = model = _load_model(args.model)
     job.target = "all" if args.target is None else args.target
@@ -263,6 +267,11 @@ def _prepare(args: argparse.Namespace) -> _Job:
         state = read_progress(job.sidecar)
         check_fingerprint(state["fingerprint"], job.fingerprint, job.sidecar)
         job.start_row, job.batch_size = int(state["completed_rows"]), int(state["batch_size"])
+        if job.start_row > job.shape[0]:
+            raise JaxjacError(
+                f"cannot --resume: {job.sidecar} records {job.start_row} completed rows, but this run has "
+                f"{job.shape[0]}; the progress file is damaged: pass --force to start over"
+            )
         if args.batch_size not in (None, "auto", job.batch_size):
             _note(args, f"--resume keeps the interrupted run's batch size {job.batch_size}, so that rows are identical")
         if job.batch_size % jax.device_count():
@@ -299,6 +308,27 @@ def _prepare(args: argparse.Namespace) -> _Job:
     if job.batch_size is None:
         job.batch_size = _choose_batch_size(args, job, n)
     return job
+
+
+def _side_files(out: Path, processes: int) -> list[tuple[Path, str]]:
+    """Every file besides `out` that a run for `-o out` may create, replace or delete, with its role.
+
+    `--force` deletes an old run's unfinished rows and progress file, so an input
+    named like one of them is refused as surely as one named `out`.
+    """
+    from .. import _distributed as dist
+    from .._data import partial_path
+    from .._resume import sidecar_path
+
+    files = [(dist.index_path(out), "the index of its shards")] if processes > 1 else []
+    for process in range(processes):
+        shard = dist.shard_path(out, process, processes)
+        whose = "its" if processes == 1 else f"process {process}'s"
+        if processes > 1:
+            files.append((shard, f"{whose} shard"))
+        files.append((Path(partial_path(shard)), f"{whose} unfinished rows"))
+        files.append((sidecar_path(shard), f"{whose} progress file"))
+    return files
 
 
 def _execute(args: argparse.Namespace, job: _Job) -> int:
