@@ -22,25 +22,25 @@ if not _os.path.isdir(_os.path.join(__path__[0], "converters")) and _os.path.isf
 
 from typing import TYPE_CHECKING
 
-from ._artifact import load as load
-from ._artifact import save as save
 from ._errors import ConversionCheckError as ConversionCheckError
 from ._errors import JaxjacError as JaxjacError
 from ._errors import LoweringError as LoweringError
 from ._errors import UnsupportedOpError as UnsupportedOpError
-from ._jacobian import jacobian as jacobian
-from ._jacobian import jacobian_fn as jacobian_fn
 from ._versions import package_version as _package_version
-from ._xla_options import compiler_options as compiler_options
 
 if TYPE_CHECKING:
+    from ._artifact import load as load
+    from ._artifact import save as save
     from ._attribute import attribute as attribute
     from ._attribute import attribution_fn as attribution_fn
     from ._convert import convert as convert
     from ._importance import ImportanceReport as ImportanceReport
     from ._importance import importance as importance
+    from ._jacobian import jacobian as jacobian
+    from ._jacobian import jacobian_fn as jacobian_fn
     from ._model import Buffer as Buffer
     from ._model import ConvertedModel as ConvertedModel
+    from ._xla_options import compiler_options as compiler_options
 
 __version__ = _package_version("jaxjac") or "0+unknown"
 
@@ -67,8 +67,15 @@ __all__ = [
 # Imported on first use: `convert` needs torch, so that loading and running a
 # converted model works without torch; the Flax module imports Flax (a third
 # of a second), and neither it nor the attribution machinery is on the path of
-# `jaxjac jacobian`, whose start-up is part of every run.
+# `jaxjac jacobian`, whose start-up is part of every run. Even JAX (half a
+# second) waits until a name needs it, so that the command line answers
+# `--help` at once and a Ctrl-C while JAX loads is the command's to report.
 _LAZY = {
+    "load": "._artifact",
+    "save": "._artifact",
+    "jacobian": "._jacobian",
+    "jacobian_fn": "._jacobian",
+    "compiler_options": "._xla_options",
     "convert": "._convert",
     "ConvertedModel": "._model",
     "Buffer": "._model",

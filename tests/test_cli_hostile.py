@@ -11,6 +11,8 @@ import json
 import re
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +293,26 @@ def test_usage_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err
     assert re.match(r"jaxjac jacobian: error: argument --batch-size: .*'abc' \(see `jaxjac jacobian --help`\)", err)
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(tmp_path):
+    """The command line imports no JAX until a command runs, and a Ctrl-C while JAX loads prints one line."""
+    code = (
+        "import sys\n"
+        "import jaxjac.cli\n"
+        "assert 'jax' not in sys.modules, 'importing the command line imported JAX'\n"
+        "import builtins\n"
+        "real_import = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'jax' or name.startswith('jax.'):\n"
+        "        raise KeyboardInterrupt  # as if Ctrl-C arrived while JAX loads\n"
+        "    return real_import(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "raise SystemExit(jaxjac.cli.main(['jacobian', 'net.jaxjac', 'X.npy', '-o', 'J.npy']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "jaxjac: error: interrupted\n"
 
 
 def test_a_zarr_input_with_chunks_missing_is_noted(artifact, tmp_path, capsys, cache):

@@ -16,6 +16,7 @@ import torch.nn as nn
 from helpers import assert_close, torch_reference
 
 import jaxjac
+import jaxjac._jacobian
 
 SAMPLE = (3, 224)  # 224 steps of 3 channels, each step a token
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 from helpers import REDUCED_RTOL, TORCH_DTYPES, assert_close, assert_same_rows, precision
 
 import jaxjac
+import jaxjac._jacobian
 
 DTYPES = ("float32", "float64")
 SAMPLE = (2, 40)

@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # before a subcommand runs: while the parser is built or a module loads
+        print_error("interrupted")
+        return 130
     finally:
         if argv is None:
             _before_exit()
