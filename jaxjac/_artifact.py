@@ -189,7 +189,12 @@ def read_artifact(path: str | PathLike) -> StoredModel:
         stored = _st_load(data)
     except Exception as error:  # safetensors reports bad framing with its own error types
         raise JaxjacError(f"{path} is damaged: its tensors cannot be read ({first_line(error)})") from None
-    if _DIGEST in meta and _content_digest(meta, stored) != meta[_DIGEST]:
+    if _DIGEST not in meta:
+        raise JaxjacError(
+            f"{path} has no checksum (`{_DIGEST}` in its metadata), which every artifact `jaxjac.save` writes "
+            "carries: it was edited or written by another tool; convert the model again"
+        )
+    if _content_digest(meta, stored) != meta[_DIGEST]:
         raise JaxjacError(
             f"{path} is damaged: its contents do not match the checksum written with it (a changed byte or an "
             "edited header); convert the model again or restore the file"
@@ -226,7 +231,45 @@ def read_artifact(path: str | PathLike) -> StoredModel:
     tensors = {
         name: _complex_from_pairs(path, name, stored[name]) if name in complex_names else stored[name] for name in names
     }
+    _check_graph_fits(path, graph, tensors, parameters, spec)
     return StoredModel(graph, tensors, parameters, spec)
+
+
+def _check_graph_fits(
+    path: Path, graph: Graph, tensors: dict[str, np.ndarray], parameters: frozenset[str], spec: ModelSpec
+) -> None:
+    """Refuse a graph that does not run on the file's own tensors to the output shape its spec records.
+
+    The checksum already catches damage; this catches a file whose parts were
+    made to disagree (edited, or written by another tool), or one that needs an
+    op this jaxjac cannot run, before any output file is created. An abstract
+    evaluation costs milliseconds.
+    """
+    from ._errors import LoweringError, UnsupportedOpError
+    from ._graph_model import output_shape_of
+
+    unknown = sorted((set(graph.tensors) | parameters) - set(tensors))
+    if unknown:
+        raise JaxjacError(f"{path}: the graph or its parameter list names tensor `{unknown[0]}`, which the file lacks")
+    redo = "it was edited or written by another tool: convert the model again"
+    try:
+        found = output_shape_of(graph, tensors, spec.sample_shape, spec.dtype)
+    except UnsupportedOpError as error:
+        raise JaxjacError(
+            f"{path} uses ATen op `{error.op}`, which this jaxjac cannot run: it was written by a newer jaxjac "
+            "(upgrade: pip install -U jaxjac) or edited"
+        ) from error
+    except Exception as error:  # any failure of a graph that passed its checksum says the file is inconsistent
+        cause = error.__cause__ if isinstance(error, LoweringError) and error.__cause__ else error
+        at = f"at ATen op `{error.op}`: " if isinstance(error, LoweringError) else ""
+        raise JaxjacError(
+            f"{path}: its graph does not run on its own tensors ({at}{type(cause).__name__}: {first_line(cause)}); "
+            f"{redo}"
+        ) from error
+    if found != spec.output_shape:
+        raise JaxjacError(
+            f"{path}: its graph gives outputs of shape {found}, but its spec records {spec.output_shape}; {redo}"
+        )
 
 
 def _complex_from_pairs(path: Path, name: str, pairs: np.ndarray) -> np.ndarray:

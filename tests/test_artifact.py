@@ -163,6 +163,68 @@ def test_load_newer_format(model, tmp_path):
         jaxjac.load(tmp_path / "new.jaxjac")
 
 
+def _forge(model, path, *, graph=None, spec=None, tensors=None, checksum=True) -> None:
+    """Write `model` with parts replaced, checksummed as `save` would: an edit made to look whole."""
+    from jaxjac._artifact import _DIGEST, _content_digest, _header_metadata
+
+    meta = _header_metadata(model)
+    g, sp = json.loads(meta["graph"]), json.loads(meta["spec"])
+    meta.update(graph=json.dumps(graph(g) if graph else g), spec=json.dumps(spec(sp) if spec else sp))
+    arrays = {k: np.asarray(v) for k, v in model.tensors().items()}
+    arrays = tensors(arrays) if tensors else arrays
+    if checksum:
+        meta[_DIGEST] = _content_digest(meta, arrays)
+    save_file(arrays, path, metadata=meta)
+
+
+def _replace_node(graph, index, **fields):
+    graph["nodes"][index].update(fields)
+    return graph
+
+
+def _first_conv_weight_cut(arrays):
+    name = next(k for k, v in arrays.items() if v.ndim == 3)
+    return {**arrays, name: arrays[name][:-1].copy()}  # one output channel fewer than its bias has
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"checksum": False}, r"has no checksum \(`content_sha256` in its metadata\).*convert the model again"),
+        (
+            {"graph": lambda g: _replace_node(g, 0, op="aten.not_an_op.default")},
+            r"uses ATen op `aten\.not_an_op\.default`, which this jaxjac cannot run: it was written by a newer",
+        ),
+        (
+            {"graph": lambda g: _replace_node(g, 1, args=[{"$node": "nowhere"}])},
+            r"its graph does not run on its own tensors \(KeyError: 'nowhere'\); it was edited",
+        ),
+        (
+            {"graph": lambda g: {**g, "tensors": [*g["tensors"], "ghost"]}},
+            r"names tensor `ghost`, which the file lacks",
+        ),
+        ({"spec": lambda sp: {**sp, "output_shape": [7]}}, r"its graph gives outputs of shape \(3,\), but its spec"),
+        (
+            {"tensors": _first_conv_weight_cut},
+            r"its graph does not run on its own tensors \(at ATen op `aten\.\w+\.default`: \w+Error: ",
+        ),
+    ],
+    ids=[
+        "no-checksum",
+        "unknown-op",
+        "dangling-reference",
+        "missing-tensor",
+        "wrong-output-shape",
+        "wrong-weight-shape",
+    ],
+)
+def test_a_forged_artifact_is_refused_in_one_line(model, tmp_path, edit, message):
+    _forge(model, tmp_path / "forged.jaxjac", **edit)
+    with pytest.raises(jaxjac.JaxjacError, match=message) as caught:
+        jaxjac.load(tmp_path / "forged.jaxjac")
+    assert "\n" not in str(caught.value) and "report it" not in str(caught.value)
+
+
 def test_float64_round_trip_needs_x64(tmp_path, x):
     with jax.enable_x64(True):
         model = jaxjac.convert(trained_net().double(), x.astype(np.float64), dtype="float64", check=False)
