@@ -182,6 +182,14 @@ def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys, monkeypatch,
             ["{dynamic}", "-o", "garbage.pt/m.jaxjac"],
             r"cannot write garbage\.pt/m\.jaxjac: .*garbage\.pt is a file, not a folder",
         ),
+        *(
+            (
+                [ckpt, "--input-shape", "1,99999999999", "--allow-pickle"],
+                r"--input-shape 1,99999999999: one sample of that shape is 372\.5 GiB in float32, too large to "
+                r"convert on this machine \(\d+ GiB of memory\); give the shape of one sample, e\.g\. 1,224",
+            )
+            for ckpt in ("{scripted}", "{traced}", "{pickled}")
+        ),
         (
             ["{dynamic}", "--probes", "1000000000000"],
             r"out of memory making --probes 1000000000000 random samples of shape \(1, 32\) for the check; a few",

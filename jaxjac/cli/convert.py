@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if not (math.isfinite(value) and value >= 0):
             raise JaxjacError(f"{flag} must be a finite number >= 0; got {value}")
+    if args.input_shape is not None:
+        _refuse_a_sample_beyond_memory(args.input_shape, args.dtype)
     check_data = _read_check_data(args.check_data, args.dtype) if args.check_data else None
     sample_shape = args.input_shape
     if sample_shape is None and check_data is not None:
@@ -194,6 +197,25 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(model.metadata["check"]))
     print(f"wrote {output} (input {sample_shape} -> output {model.output_shape}, {model.dtype})")
     return 0
+
+
+def _refuse_a_sample_beyond_memory(shape: tuple[int, ...], dtype: str) -> None:
+    """Refuse `--input-shape` when one sample would take more than an eighth of the machine's memory.
+
+    Converting holds the sample, its activations and the check's probes and
+    Jacobians at once; torch would otherwise fail with an allocator traceback.
+    """
+    sample_bytes = math.prod(shape) * np.dtype(dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not every platform reports it
+        return
+    if sample_bytes > memory // 8:
+        raise JaxjacError(
+            f"--input-shape {','.join(map(str, shape))}: one sample of that shape is {sample_bytes / 2**30:,.1f} GiB "
+            f"in {dtype}, too large to convert on this machine ({memory / 2**30:,.0f} GiB of memory); give the shape "
+            "of one sample, e.g. 1,224 (channels, length)"
+        )
 
 
 def _read_check_data(path: Path, dtype: str) -> np.ndarray:
