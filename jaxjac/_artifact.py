@@ -24,7 +24,7 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-from ._durable import fsync_path
+from ._durable import fsync_path, path_kind
 from ._errors import JaxjacError, first_line
 from ._graph import Graph
 from ._graph_model import GraphModel, ModelSpec
@@ -180,9 +180,9 @@ def load_graph_model(path: str | PathLike) -> GraphModel:
 def read_artifact(path: str | PathLike) -> StoredModel:
     """Read and check a `.jaxjac` file; every problem is a one-line `JaxjacError` naming the file."""
     path = Path(path)
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "no such file"
-        raise JaxjacError(f"{path}: expected a jaxjac artifact file; found {what}")
+    kind = path_kind(path)
+    if kind != "a file":
+        raise JaxjacError(f"{path}: expected a jaxjac artifact file; found {kind}")
     data = path.read_bytes()
     meta = _read_metadata(path, data)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -71,3 +72,27 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
         return f"folder {shown} takes no new files ({error.strerror or error})"
     os.unlink(probe)
     return None
+
+
+def path_kind(path: str | os.PathLike) -> str:
+    """What is at `path`, for messages: "a file", "a folder", "a pipe", "a device", "a socket" or "no such file".
+
+    Only "a file" can be read to its end: a FIFO waits for a writer, a device never ends.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"nothing readable ({error.strerror or error})"
+    for test, kind in (
+        (stat.S_ISREG, "a file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a pipe"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._durable import path_kind
 from ._errors import JaxjacError, first_line
 
 if TYPE_CHECKING:
@@ -80,9 +81,9 @@ def load_checkpoint(
     - `allow_pickle`: allow a fully pickled module, which runs code from the file.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "no such file"
-        raise JaxjacError(f"{path}: expected a torch checkpoint file; found {what}")
+    found = path_kind(path)
+    if found != "a file":
+        raise JaxjacError(f"{path}: expected a torch checkpoint file; found {found}")
     kind = detect_format(path)
     notes: list[str] = []
     if arch is not None and kind in ("torchscript", "exported-program"):

@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from . import _sources
+from ._durable import path_kind
 from ._errors import JaxjacError
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -132,12 +133,15 @@ def open_reader(
 
 
 def _detect(path: str, where: str) -> str:
-    if not os.path.exists(path):
+    found = path_kind(path)
+    if found == "no such file":
         raise JaxjacError(f"{where} does not exist")
-    if os.path.isdir(path):
+    if found == "a folder":
         if any(os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup")):
             return "zarr"
         raise JaxjacError(f"{where} is a folder but not a zarr store (no zarr.json, .zarray or .zgroup in it)")
+    if found != "a file":  # reading a pipe or a device would never end
+        raise JaxjacError(f"{where}: expected a data file (.npy, .npz, .h5, .zarr); found {found}")
     if not os.access(path, os.R_OK):
         raise JaxjacError(f"{where} is not readable (permission denied)")
     try:

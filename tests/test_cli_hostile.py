@@ -286,6 +286,76 @@ def test_unreadable_labels_are_one_line(artifact, tmp_path, capsys, cache, make,
     assert re.search(message, one_error_line(capsys.readouterr().err))
 
 
+@pytest.fixture
+def pipe(tmp_path):
+    """A FIFO; should a command open it to read, a writer comes after 5 s, so that a regression fails, not hangs."""
+    import os
+    import threading
+    import time
+
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def unblock_a_reader():
+        deadline = time.monotonic() + 30
+        while not done.is_set() and time.monotonic() < deadline:
+            time.sleep(5)
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # fails while no one reads
+            except OSError:
+                pass
+
+    threading.Thread(target=unblock_a_reader, daemon=True).start()
+    yield path
+    done.set()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["jacobian", "{model}", "{special}", "-o", "J.npy"], r"DATA {special}: expected a data file .*; found {kind}"),
+        (["jacobian", "{special}", "{x}", "-o", "J.npy"], r"{special}: expected a jaxjac artifact file; found {kind}"),
+        (
+            ["jacobian", "{model}", "{x}", "-o", "J.npy", "--labels", "{special}"],
+            r"--labels {special}: expected integer labels \(N,\) in a \.npy file; found {kind}",
+        ),
+        (
+            ["importance", "{model}", "{x}", "--class-names", "{special}"],
+            r"--class-names {special}: expected a text file of names, one per line; found {kind}",
+        ),
+        (
+            ["importance", "{model}", "{x}", "--wavelengths", "{special}"],
+            r"--wavelengths {special}: expected numbers, one per feature; found {kind}",
+        ),
+        (
+            ["importance", "{model}", "{x}", "--baseline", "{special}"],
+            r"--baseline {special}: expected one sample's values in a \.npy file; found {kind}",
+        ),
+        (
+            ["convert", "{special}", "--input-shape", "1,16"],
+            r"{special}: expected a torch checkpoint file; found {kind}",
+        ),
+    ],
+    ids=["DATA", "MODEL", "labels", "class-names", "wavelengths", "baseline", "CHECKPOINT"],
+)
+@pytest.mark.parametrize("special", ["pipe", "device", "folder"])
+def test_a_pipe_a_device_or_a_folder_where_a_file_belongs_is_named(
+    artifact, tmp_path, capsys, cache, pipe, argv, message, special
+):
+    """Reading a FIFO waits forever and /dev/zero never ends: neither is opened, and the message says what it is."""
+    make_data(x := tmp_path / "X.npy", 4)
+    path = {"pipe": pipe, "device": Path("/dev/zero"), "folder": tmp_path}[special]
+    kind = {"pipe": "a pipe", "device": "a device", "folder": "a folder"}[special]
+    if special == "folder" and argv[argv.index("{special}") - 1] in ("{model}", "jacobian") and "DATA" in message:
+        message = r"DATA {special} is a folder but not a zarr store"
+    words = [w.format(model=artifact, x=x, special=path) for w in argv]
+    extra = {"jacobian": [*cache, "--quiet"], "importance": ["--quiet"], "convert": []}[words[0]]
+    assert main([*words, *extra]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert re.search(message.format(special=re.escape(str(path)), kind=kind), line), line
+
+
 def test_usage_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["jacobian", "net.jaxjac", "X.npy", "-o", "J.npy", "--batch-size", "abc"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._durable import folder_problem
+from .._durable import folder_problem, path_kind
 from .._errors import JaxjacError
 
 _SHAPE = re.compile(r"^\s*[\(\[]?\s*(\d+\s*(,\s*\d+\s*)*),?\s*[\)\]]?\s*$")
@@ -126,10 +126,33 @@ def paths_overlap(a: Path, b: Path) -> bool:
         return False
 
 
+_MAX_TEXT_BYTES = 64 << 20  # names or wavelengths of a few million features; more is not a list of names
+
+
+def read_text_file(path: Path, flag: str, expected: str) -> str:
+    """The text of the small regular file `path`, or a one-line error naming `flag` and what was `expected`."""
+    kind = path_kind(path)
+    if kind != "a file":  # a device (/dev/zero) or a pipe would be read forever
+        raise JaxjacError(f"{flag} {path}: expected {expected}; found {kind}")
+    size = path.stat().st_size
+    if size > _MAX_TEXT_BYTES:
+        raise JaxjacError(
+            f"{flag} {path}: expected {expected}; found a file of {size:,} bytes (at most "
+            f"{_MAX_TEXT_BYTES >> 20} MiB is read)"
+        )
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise JaxjacError(f"{flag} {path}: cannot read {expected} from it ({error})") from None
+
+
 def load_npy(path: Path, flag: str, expected: str, *, mmap: bool = False) -> np.ndarray:
     """The array in the `.npy` file `path`, or a one-line error naming `flag` and what was `expected`."""
     from .._sources import npy_header
 
+    kind = path_kind(path)
+    if kind not in ("a file", "no such file"):  # opening a pipe would wait for a writer forever
+        raise JaxjacError(f"{flag} {path}: expected {expected} in a .npy file; found {kind}")
     try:
         with open(path, "rb") as f:
             head = f.read(6)

@@ -17,6 +17,7 @@ from ._common import (
     load_npy,
     paths_overlap,
     print_note,
+    read_text_file,
     refuse_writing_over_inputs,
     require_new_file,
     sha256_of,
@@ -338,16 +339,13 @@ def _baseline(text: str, flag: str):
         return text
 
     path = Path(text)
-    if not path.is_file():
+    if not path.exists():
         raise JaxjacError(f"{flag} {text}: expected 'zeros', 'mean' or a .npy file of one sample; no such file")
     return load_npy(path, flag, "one sample's values")
 
 
 def _lines(path: Path, flag: str) -> list[str]:
-    try:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise JaxjacError(f"{flag} {path}: cannot read a text file of names, one per line ({error})") from None
+    lines = [line.strip() for line in read_text_file(path, flag, "a text file of names, one per line").splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     return lines
@@ -356,12 +354,13 @@ def _lines(path: Path, flag: str) -> list[str]:
 def _numbers(path: Path) -> list[float]:
     import numpy as np
 
+    expected = "numbers, one per feature"
     try:
         if path.suffix == ".npy":
-            values = load_npy(path, "--wavelengths", "numbers, one per feature")
+            values = load_npy(path, "--wavelengths", expected)
         else:
-            values = np.array(path.read_text().replace(",", " ").split(), dtype=float)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+            values = np.array(read_text_file(path, "--wavelengths", expected).replace(",", " ").split(), dtype=float)
+    except ValueError as error:
         raise JaxjacError(
             f"--wavelengths {path}: expected numbers, one per feature (text or .npy); {error}".rstrip()
         ) from None
