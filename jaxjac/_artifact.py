@@ -285,6 +285,11 @@ def _complex_from_pairs(path: Path, name: str, pairs: np.ndarray) -> np.ndarray:
 def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
     """Validate the safetensors framing and the jaxjac marker; return `__metadata__`."""
     not_safetensors = f"{path} is not a jaxjac artifact: expected a safetensors file"
+    if data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
+        raise JaxjacError(
+            f"{not_safetensors}; found what looks like a torch checkpoint: convert it first with "
+            f"`jaxjac convert {path}` and pass the .jaxjac file it writes"
+        )
     if len(data) < 8:
         raise JaxjacError(f"{not_safetensors}; found {len(data)} bytes")
     (header_len,) = struct.unpack("<Q", data[:8])

@@ -21,16 +21,23 @@ DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 0.0
 
 
+def output_of(net: torch.nn.Module, x: torch.Tensor, output_index: int | None) -> torch.Tensor:
+    """The output of `net(x)` that a conversion with `output_index` keeps.
+
+    The graph's outputs are the leaves of whatever forward returns (a tensor,
+    a tuple, a dict), in torch's pytree order; this picks the same one.
+    """
+    leaves = torch.utils._pytree.tree_leaves(net(x))
+    return leaves[0 if output_index is None else output_index]
+
+
 def torch_outputs_and_jacobians(
     net: torch.nn.Module, x: torch.Tensor, output_index: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Torch's outputs `(N, K)` and per-sample Jacobians `(N, K, *sample_shape)`, one sample at a time."""
 
     def forward(row: torch.Tensor) -> torch.Tensor:
-        # The graph's outputs are the leaves of whatever forward returns (a tensor,
-        # a tuple, a dict), in torch's pytree order; pick the same one.
-        leaves = torch.utils._pytree.tree_leaves(net(row))
-        return leaves[0 if output_index is None else output_index]
+        return output_of(net, row, output_index)
 
     outputs, jacobians = [], []
     with eval_mode(net, warn=False):  # `convert` has warned already, when it traced
@@ -176,8 +183,7 @@ def _torch_self_disagreement(
     """
     try:
         with eval_mode(net, warn=False), torch.no_grad():
-            leaves = torch.utils._pytree.tree_leaves(net(x))
-            batched = leaves[0 if output_index is None else output_index].reshape(len(x), -1).numpy()
+            batched = output_of(net, x, output_index).reshape(len(x), -1).numpy()
     except Exception:  # torch raises many types for a forward that takes no batch
         return None
     if batched.shape != per_sample_out.shape:

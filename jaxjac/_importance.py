@@ -210,13 +210,16 @@ class ImportancePlan:
         self.n_random = positive_int(self.n_random, "n_random")
         if self.feature_names is not None and self.wavelengths is not None:
             raise JaxjacError("give feature names or wavelengths, not both")
-        for name, values in (("feature names", self.feature_names), ("wavelengths", self.wavelengths)):
+        for name, values in (("feature_names", self.feature_names), ("wavelengths", self.wavelengths)):
             if values is not None and len(values) != n_features:
                 raise JaxjacError(
-                    f"{name}: {len(values)} given; the model's samples {model.sample_shape} have {n_features} features"
+                    f"{name} (--{name.replace('_', '-')}): {len(values)} given; the model's samples "
+                    f"{model.sample_shape} have {n_features} features"
                 )
         if self.class_names is not None and len(self.class_names) != model.n_outputs:
-            raise JaxjacError(f"class names: {len(self.class_names)} given; the model has {model.n_outputs} outputs")
+            raise JaxjacError(
+                f"class_names (--class-names): {len(self.class_names)} given; the model has {model.n_outputs} outputs"
+            )
         return self
 
 

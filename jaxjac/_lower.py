@@ -192,7 +192,8 @@ def _pick_output(outputs: tuple[Any, ...], output_index: int | None, names: list
         output_index = 0
     if not -len(outputs) <= output_index < len(outputs):
         raise JaxjacError(
-            f"output_index={output_index} is out of range for a forward that returns {len(outputs)} values"
+            f"output_index {output_index} (`--output-index` on the command line) is out of range: the model's "
+            f"forward returns {len(outputs)} value{'s' if len(outputs) != 1 else ''}, numbered from 0"
         )
     chosen = outputs[output_index]
     if not isinstance(chosen, Ref):

@@ -184,7 +184,10 @@ def _check_dtype(source: np.dtype, target: np.dtype, where: str) -> list[str]:
         return []
     if source.kind not in "biuf" and source.name != "bfloat16":
         raise JaxjacError(f"{where} holds {source} data; expected real numbers convertible to {target}")
-    return [f"{where} holds {source}; converting to {target} batch by batch"]
+    beyond = ""
+    if source.kind == "f" and target.kind == "f" and source.itemsize > target.itemsize:
+        beyond = f" (values beyond {target}'s range, ±{np.finfo(target).max:.3g}, become Inf: their rows are NaN)"
+    return [f"{where} holds {source}; converting to {target} batch by batch{beyond}"]
 
 
 def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:

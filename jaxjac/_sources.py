@@ -182,13 +182,22 @@ def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
         f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise JaxjacError(f"{where} is not a readable HDF5 file ({first_line(e)})") from None
+    key = key.strip("/") if key else key
     try:
-        ds = f[pick_key(names, key.strip("/") if key else key, where, "datasets")]
+        if key is not None and key not in names and _links_to_a_dataset(h5py, f, key, where):
+            names.append(key)  # visititems does not follow links
+        ds = f[pick_key(names, key, where, "datasets")]
         if ds.dtype.kind not in "biuf":
             raise JaxjacError(f"{where} dataset `{ds.name}` holds {ds.dtype}; expected a numeric array")
     except JaxjacError:
         f.close()
         raise
+    notes = []
+    if ds.size and not ds.is_virtual and ds.id.get_storage_size() == 0:
+        notes.append(
+            f"{where} dataset `{ds.name}` has no data written (its storage is empty): every sample reads as the "
+            f"fill value {ds.fillvalue}"
+        )
 
     def get(lo: int, hi: int) -> np.ndarray:
         try:
@@ -196,7 +205,28 @@ def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
         except (OSError, RuntimeError, ValueError) as e:
             raise JaxjacError(f"{where} is corrupt: reading rows {lo}:{hi} failed ({first_line(e)})") from None
 
-    return ArraySource(ds, get=get, close=f.close)
+    return ArraySource(ds, get=get, close=f.close, notes=notes)
+
+
+def _links_to_a_dataset(h5py, f, key: str, where: str) -> bool:
+    """Whether `key` is a link to a dataset; a dangling link is an error that says where it points."""
+    try:
+        link = f.get(key, getlink=True)
+    except (KeyError, ValueError, RuntimeError, OSError):
+        return False
+    try:
+        if isinstance(f.get(key), h5py.Dataset):
+            return True
+    except (KeyError, ValueError, RuntimeError, OSError):
+        pass
+    if isinstance(link, h5py.SoftLink):
+        raise JaxjacError(f"--key `{key}` in {where} is a link to `{link.path}`, which does not exist in the file")
+    if isinstance(link, h5py.ExternalLink):
+        raise JaxjacError(
+            f"--key `{key}` in {where} is a link to `{link.path}` in the file {link.filename}, which cannot be "
+            "opened (HDF5 looks for it beside the file and in the current folder)"
+        )
+    return False
 
 
 def open_zarr(path: str, where: str, key: str | None) -> ArraySource:

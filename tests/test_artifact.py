@@ -133,6 +133,19 @@ def test_load_garbage(tmp_path, content, message):
         jaxjac.load(tmp_path / "bad.jaxjac")
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle"])
+def test_a_torch_checkpoint_given_as_an_artifact_is_told_to_convert_it(tmp_path, legacy):
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "net.pt", _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(
+        jaxjac.JaxjacError,
+        match=r"net\.pt is not a jaxjac artifact: .* looks like a torch checkpoint: convert it first with "
+        r"`jaxjac convert \S+net\.pt`",
+    ):
+        jaxjac.load(tmp_path / "net.pt")
+
+
 def test_load_other_safetensors(tmp_path):
     save_file({"w": np.zeros(3, np.float32)}, tmp_path / "w.safetensors")
     with pytest.raises(

@@ -191,6 +191,11 @@ def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys, monkeypatch,
             for ckpt in ("{scripted}", "{traced}", "{pickled}")
         ),
         (
+            ["{dynamic}", "--output-index", "5"],
+            r"output_index 5 \(`--output-index` on the command line\) is out of range: the model's forward returns 1 "
+            r"value, numbered from 0",
+        ),
+        (
             ["{dynamic}", "--probes", "1000000000000"],
             r"out of memory making --probes 1000000000000 random samples of shape \(1, 32\) for the check; a few",
         ),

@@ -261,6 +261,16 @@ def test_a_batch_larger_than_the_data_is_cut(artifact, tmp_path, capsys, cache):
     assert json.loads(captured.out)["batch_size"] == 5
 
 
+def test_data_without_samples_gives_an_empty_output_and_says_so(artifact, tmp_path, capsys, cache):
+    np.save(tmp_path / "X.npy", np.zeros((0, *jaxjac.load(artifact).sample_shape), np.float32))
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), *cache]
+    assert main(argv) == 0
+    assert re.search(
+        r"note: DATA \S+X\.npy holds no samples: the output is empty, of shape \(0, 3, 1, 32\)", capsys.readouterr().err
+    )
+    assert np.load(tmp_path / "J.npy").shape == (0, 3, 1, 32)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

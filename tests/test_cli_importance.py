@@ -92,7 +92,7 @@ def bad_input_cases(folder):
         (["X.npy", "--labels", "y_short.npy"], "holds 10 labels; the data holds 300 samples"),
         (["X.npy", "-o", "existing.json"], "existing.json already exists; pass --force"),
         (["X.npy", "--plot", "nowhere/imp.png"], "folder nowhere does not exist"),
-        (["X.npy", "--wavelengths", "w_short.txt"], "wavelengths: 3 given; the model's samples"),
+        (["X.npy", "--wavelengths", "w_short.txt"], "wavelengths (--wavelengths): 3 given; the model's samples"),
         (["X.npy", "--target", "label"], "--target label needs --labels"),
         (["X.npy", "--method", "integrated-gradients", "--baseline", "baseline_bad.npy"], "baseline must have one"),
         (["X.npy", "--target", "7"], "target class 7 is out of range"),

@@ -144,7 +144,10 @@ def test_dtype_converted_with_note(tmp_path, dtype):
     np.save(tmp_path / "X.npy", x)
     r = open_reader(tmp_path / "X.npy", sample_shape=(1, L), dtype="float32", flag="--data")
     assert r.source_dtype == dtype
-    assert r.notes == [f"--data {tmp_path / 'X.npy'} holds {np.dtype(dtype)}; converting to float32 batch by batch"]
+    beyond = " (values beyond float32's range, ±3.4e+38, become Inf: their rows are NaN)" if dtype == np.float64 else ""
+    assert r.notes == [
+        f"--data {tmp_path / 'X.npy'} holds {np.dtype(dtype)}; converting to float32 batch by batch{beyond}"
+    ]
     got = r.read(10, 20)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, x[10:20].astype(np.float32))
@@ -259,6 +262,37 @@ def test_corrupt_hdf5(tmp_path):
     path.write_bytes(path.read_bytes()[:60_000])
     with pytest.raises(JaxjacError, match=r"X\.h5 (is not a readable HDF5 file|is corrupt: reading rows)"):
         open_reader(path, sample_shape=(1, L), dtype="float32", key=key)
+
+
+def test_hdf5_links_are_followed_and_a_dangling_one_says_where_it_points(tmp_path):
+    x = _data()
+    with h5py.File(p := tmp_path / "X.h5", "w") as f:
+        f.create_dataset("spectra/train", data=x)
+        f["train"] = h5py.SoftLink("/spectra/train")
+        f["gone"] = h5py.SoftLink("/nowhere")
+        f["elsewhere"] = h5py.ExternalLink("missing.h5", "/X")
+    reader = open_reader(p, sample_shape=(1, L), dtype="float32", key="train")
+    np.testing.assert_array_equal(reader.read(0, N), x)
+    reader.close()
+    with pytest.raises(JaxjacError, match=r"--key `gone` in DATA \S+X\.h5 is a link to `/nowhere`, which does not"):
+        open_reader(p, sample_shape=(1, L), dtype="float32", key="gone")
+    with pytest.raises(JaxjacError, match=r"--key `elsewhere` .* is a link to `/X` in the file missing\.h5, which can"):
+        open_reader(p, sample_shape=(1, L), dtype="float32", key="elsewhere")
+    with pytest.raises(JaxjacError, match=r"--key `absent` is not in DATA \S+X\.h5; available datasets: `spectra/"):
+        open_reader(p, sample_shape=(1, L), dtype="float32", key="absent")
+
+
+def test_an_hdf5_dataset_never_written_is_noted(tmp_path):
+    with h5py.File(p := tmp_path / "X.h5", "w") as f:
+        f.create_dataset("X", shape=(N, 1, L), dtype="f4")
+        f.create_dataset("Y", data=_data())
+    with open_reader(p, sample_shape=(1, L), dtype="float32", key="X") as reader:
+        assert reader.notes == [
+            f"DATA {p} dataset `/X` has no data written (its storage is empty): every sample reads as the fill value "
+            "0.0"
+        ]
+    with open_reader(p, sample_shape=(1, L), dtype="float32", key="Y") as reader:
+        assert reader.notes == []
 
 
 @pytest.mark.parametrize(

@@ -192,9 +192,9 @@ def test_report_is_json_with_the_documented_schema(example, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"feature_names": ["a"] * 3}, "feature names: 3 given; the model's samples"),
-        ({"wavelengths": np.arange(10.0)}, "wavelengths: 10 given"),
-        ({"class_names": ["a", "b"]}, "class names: 2 given; the model has 3"),
+        ({"feature_names": ["a"] * 3}, r"feature_names \(--feature-names\): 3 given; the model's samples"),
+        ({"wavelengths": np.arange(10.0)}, r"wavelengths \(--wavelengths\): 10 given"),
+        ({"class_names": ["a", "b"]}, r"class_names \(--class-names\): 2 given; the model has 3"),
         ({"score": "median"}, "score must be one of"),
         ({"top_k": 0}, "top-k must be a positive integer"),
         ({"method": "deeplift"}, "method must be one of"),

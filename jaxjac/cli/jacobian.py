@@ -241,6 +241,8 @@ def _prepare(args: argparse.Namespace) -> _Job:
     row0, row1 = dist.process_rows(n, process, processes)
     job.shape = output_shape(model, row1 - row0, job.target)
     job.full_shape = output_shape(model, n, job.target)
+    if n == 0:
+        _note(args, f"DATA {args.data} holds no samples: the output is empty, of shape {job.full_shape}")
     job.path = dist.shard_path(args.out, process, processes)
     job.sidecar = sidecar_path(job.path)
     job.fingerprint = {
