@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._attribute import attribute as attribute
     from ._attribute import attribution_fn as attribution_fn
     from ._convert import convert as convert
+    from ._distributed import read_sharded as read_sharded
     from ._importance import ImportanceReport as ImportanceReport
     from ._importance import importance as importance
     from ._jacobian import jacobian as jacobian
@@ -60,6 +61,7 @@ __all__ = [
     "jacobian",
     "jacobian_fn",
     "load",
+    "read_sharded",
     "save",
 ]
 
@@ -75,6 +77,7 @@ _LAZY = {
     "save": "._artifact",
     "jacobian": "._jacobian",
     "jacobian_fn": "._jacobian",
+    "read_sharded": "._distributed",
     "compiler_options": "._xla_options",
     "convert": "._convert",
     "ConvertedModel": "._model",

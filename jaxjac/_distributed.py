@@ -95,21 +95,48 @@ def write_index(out: Path, *, n: int, processes: int, shape: tuple[int, ...], dt
 
 
 def read_sharded(index: str | os.PathLike) -> np.ndarray:
-    """Reassemble the full output `(N, ...)` of a multi-process run from its `OUT.index.json`."""
+    """Reassemble the full output of a multi-process `jaxjac jacobian` run from its `OUT.index.json`.
+
+    **Arguments:** `index`, the index file process 0 wrote beside the shards.
+
+    **Returns:** the `(N, ...)` array the run would have written as one file,
+    read into memory (for larger outputs, open each shard with `numpy.load(...,
+    mmap_mode="r")` and use the index's `start`/`stop` rows instead). The shards
+    must lie beside the index, cover rows `0..N` in order, and hold the rows
+    the index gives them; anything else is a one-line `JaxjacError`.
+    """
     from ._data import open_reader
 
     index = Path(index)
-    meta = json.loads(index.read_text())
-    if meta.get("format") != INDEX_FORMAT:
-        raise JaxjacError(f"{index} is not a jaxjac shard index")
-    shape = tuple(meta["shape"])
-    dtype = np.dtype(_numpy_dtype(meta["dtype"]))
+    try:
+        meta = json.loads(index.read_text())
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+            raise JaxjacError(f"{index} is not a jaxjac shard index (expected format {INDEX_FORMAT!r})")
+        shape = tuple(int(d) for d in meta["shape"])
+        dtype = np.dtype(_numpy_dtype(meta["dtype"]))
+        shards = [(str(s["path"]), int(s["start"]), int(s["stop"])) for s in meta["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise JaxjacError(f"{index}: cannot read the shard index ({type(error).__name__}: {error})") from None
+    row = 0
+    for name, start, stop in shards:
+        if Path(name).name != name or start != row or stop < start:
+            raise JaxjacError(
+                f"{index}: shard {name!r} (rows {start}:{stop}) breaks the index: shards must be files beside it "
+                f"covering the rows in order, and the next one should start at row {row}"
+            )
+        row = stop
+    if not shape or row != shape[0]:
+        raise JaxjacError(f"{index}: the shards cover {row} rows; the index's shape {shape} says {shape[:1]}")
     out = np.empty(shape, dtype)
-    for shard in meta["shards"]:
-        if shard["stop"] > shard["start"]:
-            reader = open_reader(index.parent / shard["path"], sample_shape=shape[1:], dtype=dtype)
-            out[shard["start"] : shard["stop"]] = reader.read(0, shard["stop"] - shard["start"])
-            reader.close()
+    for name, start, stop in shards:
+        if stop == start:
+            continue
+        with open_reader(index.parent / name, sample_shape=shape[1:], dtype=dtype, flag="shard") as reader:
+            if reader.n_samples != stop - start:
+                raise JaxjacError(
+                    f"shard {index.parent / name} holds {reader.n_samples} rows; {index} gives it {stop - start}"
+                )
+            out[start:stop] = reader.read(0, stop - start)
     return out
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from test_run import make_data
 
 import jaxjac
@@ -87,3 +88,54 @@ def test_two_processes_write_shards_equal_to_one_process(artifact, tmp_path):
     assert (tmp_path / "J.00000-of-00002.npy").exists() and (tmp_path / "J.00001-of-00002.npy").exists()
     expected = jaxjac.jacobian(jaxjac.load(artifact), x, batch_size=4)
     np.testing.assert_array_equal(read_sharded(tmp_path / "J.npy.index.json"), expected)
+
+
+def _sharded(tmp_path, rows=(3, 2)):
+    """Two shards of a (5, 2) output, as a 2-process run writes them, and their index."""
+    from jaxjac._distributed import write_index
+
+    full = np.arange(10.0, dtype=np.float32).reshape(5, 2)
+    out = tmp_path / "J.npy"
+    start = 0
+    for process, n in enumerate(rows):
+        np.save(shard_path(out, process, 2), full[start : start + n])
+        start += n
+    return write_index(out, n=5, processes=2, shape=(5, 2), dtype="float32"), full
+
+
+def test_read_sharded_is_public_and_reassembles_the_rows(tmp_path):
+    index, full = _sharded(tmp_path)
+    np.testing.assert_array_equal(jaxjac.read_sharded(index), full)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda meta: "not json", r"cannot read the shard index \(JSONDecodeError"),
+        (lambda meta: {**meta, "format": "other"}, r"is not a jaxjac shard index"),
+        (lambda meta: {**meta, "shards": [{"path": "J.npy"}]}, r"cannot read the shard index \(KeyError"),
+        (
+            lambda meta: {
+                **meta,
+                "shards": [{**meta["shards"][0], "path": "../J.00000-of-00002.npy"}, meta["shards"][1]],
+            },
+            r"shard '\.\./J\.00000-of-00002\.npy' \(rows 0:3\) breaks the index: shards must be files beside it",
+        ),
+        (lambda meta: {**meta, "shards": meta["shards"][1:]}, r"the next one should start at row 0"),
+        (lambda meta: {**meta, "shape": [6, 2]}, r"the shards cover 5 rows; the index's shape \(6, 2\) says \(6,\)"),
+    ],
+    ids=["not-json", "other-format", "no-rows", "path-outside", "gap", "short"],
+)
+def test_a_damaged_shard_index_is_one_line(tmp_path, edit, message):
+    index, _ = _sharded(tmp_path)
+    edited = edit(json.loads(index.read_text()))
+    index.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(jaxjac.JaxjacError, match=message):
+        jaxjac.read_sharded(index)
+
+
+def test_a_shard_holding_other_rows_than_its_index_says_is_refused(tmp_path):
+    index, full = _sharded(tmp_path)
+    np.save(tmp_path / "J.00001-of-00002.npy", full[:1])
+    with pytest.raises(jaxjac.JaxjacError, match=r"J\.00001-of-00002\.npy holds 1 rows; \S+ gives it 2"):
+        jaxjac.read_sharded(index)
