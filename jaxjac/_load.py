@@ -93,6 +93,8 @@ def load_checkpoint(
             checkpoint = _load_torchscript(path, sample_shape)
         elif kind == "exported-program":
             checkpoint = _load_exported_program(path, sample_shape)
+        elif kind == "safetensors":
+            checkpoint = _load_safetensors(path, arch, arch_kwargs)
         else:
             checkpoint = _load_pickle_based(path, arch, arch_kwargs, allow_pickle)
     checkpoint.notes[:0] = notes
@@ -111,11 +113,12 @@ _DESCRIPTIONS = {
     "torchscript": "a TorchScript archive",
     "exported-program": "an ExportedProgram (torch.export.save)",
     "torch-pickle": "a torch.save file",
+    "safetensors": "a safetensors file of weights",
 }
 
 
 def detect_format(path: Path) -> str:
-    """``"torchscript"``, ``"exported-program"`` or ``"torch-pickle"``, from the file's content."""
+    """``"torchscript"``, ``"exported-program"``, ``"torch-pickle"`` or ``"safetensors"``, from the file's content."""
     with path.open("rb") as f:
         head = f.read(8)
     if head.startswith(b"PK"):
@@ -138,11 +141,26 @@ def detect_format(path: Path) -> str:
     if head[:1] == b"\x80":  # a pickle protocol opcode: the legacy torch.save format
         return "torch-pickle"
     if len(head) == 8 and _looks_like_safetensors(path):
-        raise JaxjacError(f"{path}: expected a torch checkpoint; found a safetensors file (already converted?)")
+        if _safetensors_format(path) == "jaxjac":
+            raise JaxjacError(
+                f"{path} is already a jaxjac artifact: pass it to `jaxjac jacobian` or `jaxjac.load` as it is"
+            )
+        return "safetensors"
     raise JaxjacError(
         f"{path}: expected a torch checkpoint (torch.save, torch.jit.save or torch.export.save); "
         f"found a file starting with {head[:8]!r}"
     )
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The `format` entry of a safetensors file's metadata (`"pt"`, `"jaxjac"`), if it has one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:  # a damaged header: loading it says so
+        return None
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -247,6 +265,26 @@ def _load_pickle_based(
         notes = [f"ignoring --arch {arch}: {path.name} holds a pickled module"] if arch else []
         return Checkpoint(module, "pickled-module", None, notes)
     state, notes = unwrap_state_dict(obj, path)
+    return _state_dict_checkpoint(path, state, notes, arch, arch_kwargs)
+
+
+def _load_safetensors(path: Path, arch: str | None, arch_kwargs: Mapping[str, Any] | None) -> Checkpoint:
+    """A state_dict saved with `safetensors.torch.save_file` (a Hugging Face `model.safetensors`, say)."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except Exception as error:  # safetensors reports bad framing with its own error types
+        raise JaxjacError(f"{path}: the safetensors file cannot be read ({first_line(error)})") from error
+    if not state:
+        raise JaxjacError(f"{path}: expected a state_dict of tensors; found a safetensors file with no tensors")
+    return _state_dict_checkpoint(path, state, [], arch, arch_kwargs)
+
+
+def _state_dict_checkpoint(
+    path: Path, state: dict[str, Any], notes: list[str], arch: str | None, arch_kwargs: Mapping[str, Any] | None
+) -> Checkpoint:
+    """The `--arch` model with the weights of `state` loaded (under whatever prefix holds them)."""
     if arch is None:
         example = next(iter(state), "")
         raise JaxjacError(

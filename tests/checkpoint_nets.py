@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 SAMPLE_SHAPE = (1, 32)
 
@@ -70,6 +71,7 @@ def write_checkpoints(net: torch.nn.Module, directory: Path) -> dict[str, Path]:
             "nested_model.pt",
             "data_parallel.pt",
             "pickled.pt",
+            "lightning.safetensors",
         )
     }
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still have such files
@@ -85,4 +87,6 @@ def write_checkpoints(net: torch.nn.Module, directory: Path) -> dict[str, Path]:
     torch.save({"model": sd}, paths["nested_model.pt"])
     torch.save({f"module.{k}": v for k, v in sd.items()}, paths["data_parallel.pt"])
     torch.save(net, paths["pickled.pt"])
+    # A Lightning module's weights (under `model.`), as safetensors.torch.save_file writes them.
+    save_file({f"model.{k}": v.contiguous() for k, v in sd.items()}, paths["lightning.safetensors"], {"format": "pt"})
     return paths

@@ -42,6 +42,7 @@ def assert_matches_torch(path, net) -> None:
         ("nested_model_state_dict.pt", ["--input-shape", "1,32", "--arch", "{arch}"]),
         ("data_parallel.pt", ["--input-shape", "1,32", "--arch", "{arch}", "--arch-kwargs", '{"n_classes": 3}']),
         ("pickled.pt", ["--input-shape", "1,32", "--allow-pickle"]),
+        ("lightning.safetensors", ["--input-shape", "1,32", "--arch", "{arch}"]),
     ],
 )
 def test_converts_every_format(ckpts, net, arch, tmp_path, capsys, name, extra):
@@ -158,6 +159,14 @@ def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys, monkeypatch,
         (["{pickled}"], r"holds pickled Python objects .*executes arbitrary code.*--allow-pickle"),
         (["{state_dict}", "--input-shape", "1,32"], r"holds a state_dict .*pass --arch package\.module:Class"),
         (
+            ["{lightning}", "--input-shape", "1,32"],
+            r"lightning\.safetensors holds a state_dict \(\d+ tensors, e\.g\. `model\.\S+`\) but not the architecture",
+        ),
+        (
+            ["{artifact}", "-o", "again.jaxjac"],
+            r"artifact\.jaxjac is already a jaxjac artifact: pass it to `jaxjac jacobian`",
+        ),
+        (
             ["{state_dict}", "--input-shape", "1,32", "--arch", "nets.Net"],
             r"--arch must look like package\.module:Class",
         ),
@@ -204,6 +213,11 @@ def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys, monkeypatch,
 def test_one_line_errors(ckpts, arch, tmp_path, capsys, args, message):
     (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
     paths = {k.split(".")[0]: str(v) for k, v in ckpts.items()}
+    if "{artifact}" in args:  # an artifact made first, in a folder of its own
+        (tmp_path / "made").mkdir()
+        paths["artifact"] = str(tmp_path / "made" / "artifact.jaxjac")
+        assert main(["convert", paths["dynamic"], "-o", paths["artifact"], *FAST]) == 0
+        capsys.readouterr()
     argv = ["convert", *FAST, *[a.format(arch=arch, **paths) for a in args]]
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)

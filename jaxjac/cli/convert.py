@@ -32,6 +32,8 @@ CHECKPOINT may be any of (told apart by content, not by extension):
   - an ExportedProgram (torch.export.save, .pt2)        records its own shape
   - a state_dict, also inside {'state_dict': ...},
     {'model_state_dict': ...} or {'model': ...}          needs --arch and --input-shape
+  - a state_dict in a safetensors file (save_file,
+    a Hugging Face model.safetensors)                   needs --arch and --input-shape
   - a pickled module (torch.save(net))                  needs --allow-pickle and --input-shape
 """
 
