@@ -24,6 +24,22 @@ from ._versions import versions
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _unwrapped(net: torch.nn.Module) -> torch.nn.Module:
+    """The network inside wrappers that only forward to it: DataParallel, DistributedDataParallel, torch.compile.
+
+    The wrapper's own train-mode flag (a new DataParallel trains) and name
+    prefix (`module.`) would otherwise reach the conversion.
+    """
+    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(net, parallel):
+            net = net.module
+        elif type(net).__name__ == "OptimizedModule" and isinstance(getattr(net, "_orig_mod", None), torch.nn.Module):
+            net = net._orig_mod
+        else:
+            return net
+
+
 def _sample_batch(example_input: Any) -> torch.Tensor:
     # A copy: a JAX array's (or a read-only memmap's) buffer is not writable, and torch warns about sharing it.
     x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.array(example_input))
@@ -102,6 +118,7 @@ def convert(
             "first, or convert inside `with jax.enable_x64(True):`"
         )
     sample = _sample_batch(example_input)
+    net = _unwrapped(net)
     if isinstance(net, torch.jit.ScriptModule):
         net = from_torchscript(net, tuple(sample.shape[1:]), "the TorchScript module")
     with in_dtype(net, _TORCH_DTYPES[dtype]) as net:

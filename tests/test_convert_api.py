@@ -787,3 +787,23 @@ def test_a_weight_constraint_applied_in_forward_is_converted_with_a_warning():
     # Each torch call rescales again, so torch is no reference, and the error says so instead of "lowering bug".
     assert "torch disagrees with itself by" in str(failure.value) and "lowering bug" not in str(failure.value)
     assert failure.value.report["torch_batch_vs_single_rel_error"] > 0.4
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [torch.nn.DataParallel, torch.compile, lambda net: torch.nn.DataParallel(torch.compile(net))],
+    ids=["DataParallel", "torch.compile", "both"],
+)
+def test_wrappers_that_only_forward_are_looked_through(wrap):
+    """A fresh DataParallel is in train mode and prefixes `module.`: neither reaches the conversion."""
+    from checkpoint_nets import SAMPLE_SHAPE, trained_net
+
+    net = trained_net().eval()
+    x = torch.randn(4, *SAMPLE_SHAPE)
+    with warnings.catch_warnings():  # importing torch.compile's machinery warns about TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        wrapped = wrap(net)
+    model = jaxjac.convert(wrapped, x, n_probes=2)  # the suite turns the train-mode warning into an error
+    assert model.tensor_names and set(model.tensor_names) <= set(net.state_dict())  # no `module.` or `_orig_mod.`
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x).numpy(), rtol=1e-5, atol=1e-6)
