@@ -13,6 +13,7 @@ scalars. Two torch rules need care in JAX:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -70,7 +71,29 @@ def _unary_float(fn):
 def add(a: Operand, b: Operand, alpha: float = 1) -> Operand:
     """`a + alpha * b`, broadcast."""
     a, b = _float_scalar_promotes(a, b)
-    return a + (b * alpha if alpha != 1 else b)
+    b = b * alpha if alpha != 1 else b
+    if _is_positive_zero(b) and _is_float_array(a):
+        return a + _opaque_zero(a)
+    if _is_positive_zero(a) and _is_float_array(b):
+        return _opaque_zero(b) + b
+    return a + b
+
+
+def _is_positive_zero(x: Operand) -> bool:
+    return isinstance(x, float) and x == 0.0 and not math.copysign(1.0, x) < 0
+
+
+def _is_float_array(x: Operand) -> bool:
+    return not isinstance(x, bool | int | float) and jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _opaque_zero(like: Array) -> Array:
+    """+0.0 that XLA cannot see: its simplifier folds `x + 0.0` to `x`, which keeps -0.0 where IEEE gives +0.0.
+
+    Code adds 0.0 on purpose to clear the sign of zero before `atan2` (nnAudio's
+    phase spectrogram): folded, a phase of +pi turns into -pi.
+    """
+    return lax.optimization_barrier(jnp.zeros((), jnp.result_type(like)))
 
 
 @register("aten.sub.Tensor", "aten.sub.Scalar")

@@ -197,6 +197,8 @@ AT_ZEROS = {
     "std": lambda x, b: (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-3),
     "std-biased-all": lambda x, b: x.std(-1, unbiased=False) + x.std() * x[:, 0, :1],
     "std-mean": lambda x, b: torch.std_mean(x, -1)[0] * torch.std_mean(x, -1, correction=0)[1],
+    # Adding 0.0 clears the sign of -0.0 (nnAudio's phase spectrogram, before atan2); XLA would fold it away.
+    "signed-zero": lambda x, b: torch.atan2(-(x * 0.0) + 0.0, -b) + torch.atan2(0.0 + x * 0.0, -b) + x,
 }
 
 
