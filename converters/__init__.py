@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     pool,
     recurrent,
     reduction,
+    scalar,
     shape,
     sorting,
     spectral,

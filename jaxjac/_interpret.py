@@ -32,7 +32,8 @@ def check_supported(graph: Graph) -> None:
         others = len({node.op for node in missing}) - 1
         # A random op, else a value-dependent shape, is the cause; the ops around it are symptoms.
         random = [node for node in missing if node.op.split(".")[1] in _RANDOM]
-        data_dependent = [node for node in missing if node.op in _DATA_DEPENDENT]
+        # Python arithmetic in the graph works on numbers read from the input (.item()): sizes, shifts.
+        data_dependent = [node for node in missing if node.op in _DATA_DEPENDENT or node.op.startswith(_SYMBOLIC)]
         if random:
             first, kind = random[0], "random"
         elif data_dependent:
@@ -66,12 +67,12 @@ _RANDOM = frozenset(
 )
 
 
+_SYMBOLIC = ("_operator.", "torch.sym_", "math.", "torch._sym")
+
 _DATA_DEPENDENT = frozenset(
     {
         "aten.nonzero.default",
         "aten.masked_select.default",
-        "aten._local_scalar_dense.default",
-        "aten.item.default",
         "aten.sym_size.int",
         "aten.sym_constrain_range_for_size.default",
         "aten._assert_scalar.default",
@@ -177,6 +178,12 @@ def run_graph(
                 raise
             except ModelError as error:
                 raise JaxjacError(f"{node.where()}: {first_line(error)}") from error
+            except jax.errors.ConcretizationTypeError as error:  # a value read with .item() used as a size
+                raise JaxjacError(
+                    f"ATen op `{node.op}` from {node.where()} takes a size or an index computed from the input's "
+                    "values (read with .item()?); jaxjac needs every shape fixed by the input's shape: rewrite it "
+                    "with torch.where or a multiplication by a mask"
+                ) from error
             except Exception as error:
                 # Samples were checked against the model's shape before this, so
                 # a rule failing here is a case it does not handle: name it.

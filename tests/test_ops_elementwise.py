@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from helpers import assert_converts
 from torch import nn
 
+import jaxjac
 from jaxjac import converters
 
 DTYPES = ("float32", "float64")
@@ -209,6 +210,26 @@ def test_derivatives_at_exact_zeros_and_flat_slices_match_torch(name: str) -> No
     x[1, 1] = 0.7  # a flat channel: its standard deviation is 0
     x[2, :, :2] = 0.0
     assert_converts(Fn(AT_ZEROS[name]), (C, L), "float64", x=x)
+
+
+# Numbers read back with .item() are constants to torch's autograd: no gradient flows through them.
+ITEM = {
+    "top-db-clamp": lambda x, b: torch.clamp(10 * torch.log10(x * x + 1e-10), min=(x * x).max().item() - 8.0),
+    "normalise": lambda x, b: x / x.abs().max().item() - x * x.mean().item() ** 2 + (-x.std().item()),
+    "integer": lambda x, b: x * (x > 0).sum().item() + b,
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ITEM))
+def test_numbers_read_with_item_are_gradient_free_constants(name: str, dtype: str) -> None:
+    assert_converts(Fn(ITEM[name]), (C, L), dtype)
+
+
+def test_a_number_read_with_item_that_moves_data_is_refused_as_data_dependent() -> None:
+    net = Fn(lambda x, b: torch.roll(x, (x > 0).sum().item(), -1))
+    with pytest.raises(jaxjac.UnsupportedOpError, match=r"`_operator\.mod` .* makes a shape depend on the input's"):
+        jaxjac.convert(net.eval(), torch.randn(2, C, L))
 
 
 def test_max_dim_gradient_goes_to_first_tie() -> None:
