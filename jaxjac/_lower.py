@@ -137,7 +137,11 @@ def lower_program(
             )
             refs[fx_node.name] = Ref("node", fx_node.name)
         elif fx_node.op == "output":
-            outputs = tuple(convert_arg(a) for a in fx_node.args[0])
+            # Forward's own outputs; the others are the new values of buffers or parameters it
+            # updates in place (`self.beta.data.clamp_(min=0)`), which no call's result depends on.
+            user = torch.export.graph_signature.OutputKind.USER_OUTPUT
+            kinds = [spec.kind for spec in signature.output_specs]
+            outputs = tuple(convert_arg(a) for a, kind in zip(fx_node.args[0], kinds, strict=True) if kind == user)
     outputs = _pick_output(outputs, output_index, _output_names(program, len(outputs)))
     graph = Graph(input_name=user_inputs[0], nodes=tuple(nodes), outputs=outputs, tensors=tuple(tensors))
     check_supported(graph)

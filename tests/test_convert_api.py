@@ -789,6 +789,27 @@ def test_a_weight_constraint_applied_in_forward_is_converted_with_a_warning():
     assert failure.value.report["torch_batch_vs_single_rel_error"] > 0.4
 
 
+class ClampsItsOwnParameter(nn.Module):
+    """braindecode's SyncNet: `self.beta.data.clamp_(min=0)` inside forward, an in-place update of a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 3, 5)
+        self.beta = nn.Parameter(torch.randn(3))
+        self.fc = nn.Linear(3 * 12, 2)
+
+    def forward(self, x):
+        h = self.conv(x) * torch.exp(-self.beta)[:, None]
+        self.beta.data.clamp_(min=0)
+        return self.fc(h.flatten(1))
+
+
+def test_a_parameter_updated_in_place_in_forward_is_not_an_output():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"forward assigns to a parameter's `.data`"):
+        assert_converts(ClampsItsOwnParameter(), (4, 16), "float64", n=3)  # not "returns 2 values"
+
+
 @pytest.mark.parametrize(
     "wrap",
     [torch.nn.DataParallel, torch.compile, lambda net: torch.nn.DataParallel(torch.compile(net))],
