@@ -165,9 +165,9 @@ def check_conversion(
                 report,
             )
         raise ConversionCheckError(
-            message + "Unless forward computes in float64 without 64-bit JAX (see the warning) "
-            "or on random numbers, this is a lowering bug: please report it; raise --rtol/--atol only if the "
-            "difference is expected",
+            message + "Unless forward computes in float64 without 64-bit JAX, has a hand-written autograd "
+            "backward (see the warnings) or computes on random numbers, this is a lowering bug: please report "
+            "it; raise --rtol/--atol only if the difference is expected",
             report,
         )
     return report

@@ -77,11 +77,13 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
     # the one-line error); it is kept for `--debug`, and anything else passed on.
     printed = io.StringIO()
+    program = None
     with (
         eval_mode(net),
         torch.enable_grad(),
         _quiet_export(),
         _causal_masks_taken_as_given(),
+        _custom_backwards_noted(),
         _RealConstants(),
     ):
         try:
@@ -94,7 +96,18 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         else:
             sys.stderr.write(printed.getvalue())
             _detach_no_grad_blocks(program)
-            return program.run_decompositions(_decomposition_table())
+            try:
+                return program.run_decompositions(_decomposition_table())
+            except Exception as error:  # torch's own assertion (torch.linalg.solve under _RealConstants)
+                failure = error
+    if program is not None:  # traced, but not decomposed: once more without the tracing aids
+        try:
+            with eval_mode(net, warn=False), torch.enable_grad(), _quiet_export():
+                return program.run_decompositions(_decomposition_table())
+        except Exception:
+            raise JaxjacError(
+                f"torch could not decompose the traced forward into core ATen ops: {_gist(failure)}"
+            ) from failure
     eager_failure = _eager_failure(net, sample)
     if eager_failure is not None and _eager_failure(net, torch.cat([sample, sample])) is None:
         raise JaxjacError(
@@ -336,6 +349,40 @@ def _decomposition_table() -> dict:
     # that `x.mean().detach()` (RevIN normalisation, say) stops would flow again.
     table.pop(torch.ops.aten.detach.default, None)
     return table
+
+
+@contextlib.contextmanager
+def _custom_backwards_noted() -> Iterator[None]:
+    """Warn when forward calls a `torch.autograd.Function` of the user's, whose backward jaxjac cannot keep.
+
+    torch.export records the Function's forward only; jaxjac differentiates
+    that, which is the true derivative. A hand-written backward that is not
+    (a straight-through estimator, a gradient reversal, an approximate adjoint)
+    gives torch's autograd other numbers, and the user should hear why.
+    """
+    function = torch.autograd.Function
+    original = function.__dict__["apply"]
+    called: dict[str, None] = {}
+
+    def apply(cls, *args, **kwargs):
+        if not cls.__module__.startswith("torch."):
+            called[f"{cls.__module__}.{cls.__qualname__}"] = None
+        return original.__func__(cls, *args, **kwargs)
+
+    function.apply = classmethod(apply)
+    try:
+        yield
+    finally:
+        function.apply = original
+    if called:
+        names = ", ".join(f"`{name}`" for name in called)
+        warnings.warn(
+            f"forward calls torch.autograd.Function {names} with a hand-written backward, which jaxjac does not "
+            "use: it differentiates the function's forward. Where that backward is not the forward's derivative "
+            "(a straight-through estimator, a gradient reversal), jaxjac's Jacobians differ from torch's autograd "
+            "there",
+            stacklevel=4,
+        )
 
 
 @contextlib.contextmanager

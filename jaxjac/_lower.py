@@ -78,6 +78,7 @@ def lower_program(
     """
     signature = program.graph_signature
     refs: dict[str, Any] = {}
+    dropped: set[str] = set()  # effect tokens and the nodes that only pass them on
     tensors: dict[str, np.ndarray] = {}
     user_inputs: list[str] = []
     for spec in signature.input_specs:
@@ -85,6 +86,9 @@ def lower_program(
         if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
             user_inputs.append(name)
             refs[name] = Ref("input", name)
+            continue
+        if spec.kind == torch.export.graph_signature.InputKind.TOKEN:  # orders side effects: see _DROPPED_EFFECTS
+            dropped.add(name)
             continue
         target = spec.target
         value = program.state_dict.get(target)
@@ -106,6 +110,8 @@ def lower_program(
 
     def convert_arg(arg: Any) -> Any:
         if isinstance(arg, torch.fx.Node):
+            if arg.name in dropped:
+                raise JaxjacError(f"forward computes with `{arg.name}`, the state of an error check jaxjac leaves out")
             return refs[arg.name]
         if isinstance(arg, list | tuple):
             return tuple(convert_arg(a) for a in arg)
@@ -118,6 +124,9 @@ def lower_program(
     nodes: list[Node] = []
     outputs: tuple[Ref, ...] = ()
     for fx_node in program.graph.nodes:
+        if fx_node.op == "call_function" and _drops(fx_node, dropped):
+            dropped.add(fx_node.name)
+            continue
         if fx_node.op == "call_function":
             kwargs = {k: v for k, v in fx_node.kwargs.items() if k not in _PLACEMENT_KWARGS}
             val = fx_node.meta.get("val")
@@ -161,6 +170,19 @@ def _memory_layout(fx_node: torch.fx.Node) -> dict[str, Any]:
     if not isinstance(source, torch.Tensor) or source.storage_offset() != 0:
         return {}  # the rule then says it cannot run without them
     return {"input_strides": [int(s) for s in source.stride()]}
+
+
+# Effects torch.export orders with tokens that change no value: the checks that
+# torch.linalg.solve, inv and cholesky make of their results, to raise on a
+# singular matrix. jaxjac's solve gives inf or NaN there instead, like JAX's.
+_DROPPED_EFFECTS = frozenset({"aten._linalg_check_errors.default"})
+
+
+def _drops(node: torch.fx.Node, dropped: set[str]) -> bool:
+    """Whether `node` is a dropped effect, or only reads one (the token it passes on)."""
+    if node.target is torch.ops.higher_order.with_effects:
+        return op_name(node.args[1]) in _DROPPED_EFFECTS
+    return node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node) and node.args[0].name in dropped
 
 
 def _output_names(program: torch.export.ExportedProgram, n: int) -> list[str]:

@@ -828,3 +828,36 @@ def test_wrappers_that_only_forward_are_looked_through(wrap):
     assert model.tensor_names and set(model.tensor_names) <= set(net.state_dict())  # no `module.` or `_orig_mod.`
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(model(x.numpy())), net(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _Doubles(torch.autograd.Function):
+    """2x forward; backward 3x (`honest=False`, as a straight-through estimator is) or the true 2x."""
+
+    @staticmethod
+    def forward(ctx, x, honest):
+        ctx.honest = honest
+        return 2.0 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (2.0 if ctx.honest else 3.0) * grad, None
+
+
+class CallsAFunction(nn.Module):
+    def __init__(self, honest: bool):
+        super().__init__()
+        self.honest = honest
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(_Doubles.apply(x, self.honest))
+
+
+def test_a_hand_written_autograd_backward_is_named_not_blamed_on_the_lowering():
+    x = torch.randn(3, 4)
+    with pytest.warns(UserWarning, match=r"torch\.autograd\.Function `test_convert_api\._Doubles` with a hand-wr"):
+        model = jaxjac.convert(CallsAFunction(honest=True).eval(), x)  # its backward is the derivative
+    assert model.metadata["check"]["passed"] is True
+    with pytest.warns(UserWarning, match="hand-written backward"):
+        with pytest.raises(jaxjac.ConversionCheckError, match="has a hand-written autograd backward"):
+            jaxjac.convert(CallsAFunction(honest=False).eval(), x)

@@ -109,6 +109,26 @@ def test_triangle_indices_in_forward(dtype):
     assert_converts(UpperTriangleFeatures(), (4, 9), dtype)
 
 
+class LinearPrediction(nn.Module):
+    """Linear-prediction features (diffsptk's LPC): `torch.linalg.solve` on each sample's autocorrelation system."""
+
+    def __init__(self, left: bool):
+        super().__init__()
+        self.left = left
+
+    def forward(self, x):
+        frames = x.unfold(-1, 4, 2)  # (N, C, F, 4)
+        gram = frames.transpose(-1, -2) @ frames + torch.eye(4)  # (N, C, 4, 4), well conditioned
+        rhs = frames[..., :2].transpose(-1, -2) @ frames if not self.left else frames.transpose(-1, -2)[..., :2]
+        return torch.linalg.solve(gram, rhs, left=self.left).flatten(1)
+
+
+@pytest.mark.parametrize("left", [True, False], ids=["left", "right"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_solves_in_forward(dtype, left):
+    assert_converts(LinearPrediction(left), (2, 12), dtype)
+
+
 class OneHotSelector(nn.Module):
     """A concrete-autoencoder-style band selector: `F.one_hot` of learned logits picks 4 of 16 bands."""
 
