@@ -27,7 +27,9 @@ def output_of(net: torch.nn.Module, x: torch.Tensor, output_index: int | None) -
     The graph's outputs are the leaves of whatever forward returns (a tensor,
     a tuple, a dict), in torch's pytree order; this picks the same one.
     """
-    leaves = torch.utils._pytree.tree_leaves(net(x))
+    # A clone: a forward that edits its input in place (`x.nan_to_num_()`, `x[mask] = 0`) would
+    # change the probes, and autograd refuses in-place edits of the leaf it differentiates.
+    leaves = torch.utils._pytree.tree_leaves(net(x.clone()))
     return leaves[0 if output_index is None else output_index]
 
 

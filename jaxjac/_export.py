@@ -475,7 +475,7 @@ def _integer_buffers_as_constants(net: torch.nn.Module) -> Iterator[None]:
     saved = []
     for module in net.modules():
         integer = {
-            name: buffer for name, buffer in module._buffers.items() if buffer is not None and _is_integer(buffer)
+            name: buffer for name, buffer in module._buffers.items() if buffer is not None and _is_read_back(buffer)
         }
         if integer:
             saved.append((module, module._buffers.copy()))
@@ -490,6 +490,11 @@ def _integer_buffers_as_constants(net: torch.nn.Module) -> Iterator[None]:
                 module.__dict__.pop(name, None)
             module._buffers.clear()
             module._buffers.update(buffers)
+
+
+def _is_read_back(buffer: torch.Tensor) -> bool:
+    """An integer buffer, or a one-element bool one: a flag forward branches on (`if not self.fitted:`)."""
+    return _is_integer(buffer) or (buffer.dtype == torch.bool and buffer.numel() == 1)
 
 
 def _is_integer(tensor: torch.Tensor) -> bool:

@@ -861,3 +861,43 @@ def test_a_hand_written_autograd_backward_is_named_not_blamed_on_the_lowering():
     with pytest.warns(UserWarning, match="hand-written backward"):
         with pytest.raises(jaxjac.ConversionCheckError, match="has a hand-written autograd backward"):
             jaxjac.convert(CallsAFunction(honest=False).eval(), x)
+
+
+class CleansItsInput(nn.Module):
+    """tsai's TSTPlus: NaNs in the input are zeroed in place before the layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x.nan_to_num_(0.0)
+        return self.fc(x.flatten(1))
+
+
+def test_a_forward_that_edits_its_input_in_place_converts_and_is_checked():
+    x = torch.randn(4, 1, 8)
+    before = x.clone()
+    model = jaxjac.convert(CleansItsInput().eval(), x)  # not "returns 2 values", and torch's check can run
+    assert model.metadata["check"]["passed"] is True and model.output_shape == (2,)
+    assert torch.equal(x, before)
+
+
+class FittedFlag(nn.Module):
+    """tsai's MiniRocketPlus: a one-element bool buffer says whether the model was fitted, and forward branches on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3)
+        self.register_buffer("fitted", torch.tensor([True]))
+        self.register_buffer("mask", torch.rand(4, 1) > 0.5)  # a bool mask stays a buffer, applied to the data
+
+    def forward(self, x):
+        if not self.fitted:
+            raise RuntimeError("fit the model first")
+        return (self.conv(x) * self.mask).mean(-1)
+
+
+def test_a_bool_flag_buffer_forward_branches_on_converts():
+    model = assert_converts(FittedFlag(), (3, 16), "float64")
+    assert "mask" in model.tensor_names
