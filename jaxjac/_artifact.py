@@ -27,7 +27,7 @@ from safetensors.numpy import save as _st_save
 from ._durable import fsync_path, path_kind
 from ._errors import JaxjacError, first_line
 from ._graph import Graph
-from ._graph_model import GraphModel, ModelSpec
+from ._graph_model import GraphModel, ModelSpec, warn_float64_without_x64
 
 if TYPE_CHECKING:
     from ._model import ConvertedModel
@@ -232,6 +232,7 @@ def read_artifact(path: str | PathLike) -> StoredModel:
         name: _complex_from_pairs(path, name, stored[name]) if name in complex_names else stored[name] for name in names
     }
     _check_graph_fits(path, graph, tensors, parameters, spec)
+    warn_float64_without_x64(tensors, str(path))
     return StoredModel(graph, tensors, parameters, spec)
 
 
@@ -280,6 +281,19 @@ def _complex_from_pairs(path: Path, name: str, pairs: np.ndarray) -> np.ndarray:
             f"found {pairs.dtype} {pairs.shape}"
         )
     return pairs[..., 0] + 1j * pairs[..., 1].astype(np.result_type(pairs.dtype, np.complex64))
+
+
+def needs_64bit_jax(path: Path) -> bool:
+    """Whether the artifact at `path` computes in float64 anywhere: a float64 model, or float64 tensors in a float32 one.
+
+    Raises what reading the header raises (`JaxjacError`, or `KeyError`/`ValueError` for damaged metadata).
+    """
+    data = path.read_bytes()
+    meta = _read_metadata(path, data)
+    (header_len,) = struct.unpack("<Q", data[:8])
+    entries = json.loads(data[8 : 8 + header_len]).values()
+    stores_float64 = any(isinstance(entry, dict) and entry.get("dtype") == "F64" for entry in entries)
+    return stores_float64 or json.loads(meta["spec"])["dtype"] == "float64"
 
 
 def _read_metadata(path: Path, data: bytes) -> dict[str, str]:

@@ -14,7 +14,7 @@ from ._check import DEFAULT_ATOL, DEFAULT_RTOL, check_conversion
 from ._errors import JaxjacError
 from ._export import export_one_sample
 from ._graph import DType
-from ._graph_model import ModelSpec, output_shape_of
+from ._graph_model import ModelSpec, output_shape_of, warn_float64_without_x64
 from ._lower import lower_program
 from ._model import ConvertedModel
 from ._torch_dtypes import in_dtype
@@ -125,7 +125,7 @@ def convert(
         sample = sample.to(_TORCH_DTYPES[dtype])
         program = export_one_sample(net, sample)
         graph, tensors = lower_program(program, float_dtype=np.dtype(dtype), output_index=output_index)
-        _warn_float64_steps(graph)
+        _warn_float64_steps(graph, tensors)
         parameters = frozenset(
             spec.target
             for spec in program.graph_signature.input_specs
@@ -159,9 +159,9 @@ def convert(
         return build(info)
 
 
-def _warn_float64_steps(graph) -> None:
-    """Warn when forward casts to float64 but JAX can only compute float32 (64-bit JAX off)."""
-    if jax.config.jax_enable_x64:
+def _warn_float64_steps(graph, tensors: dict[str, np.ndarray]) -> None:
+    """Warn when forward casts to float64, or holds float64 tensors, but JAX can only compute float32 (64-bit JAX off)."""
+    if jax.config.jax_enable_x64 or warn_float64_without_x64(tensors, "the model"):
         return
     for node in graph.nodes:
         values = [*node.args, *(value for _, value in node.kwargs)]

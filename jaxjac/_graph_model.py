@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,18 +128,39 @@ class GraphModel(ModelInterface):
         return dict(self._tensors)
 
 
+def warn_float64_without_x64(tensors: Mapping[str, np.ndarray], what: str) -> bool:
+    """Warn, and say so, when `tensors` hold a float64 tensor but 64-bit JAX is off, so that JAX computes in float32."""
+    if jax.config.jax_enable_x64:
+        return False
+    wide = [name for name, a in tensors.items() if a.dtype in (np.float64, np.complex128)]
+    if wide:
+        warnings.warn(
+            f"{what} holds {wide[0]!r} in {tensors[wide[0]].dtype}, and torch computes with it so, but 64-bit JAX "
+            "is off, so jaxjac computes with it in float32, unlike torch; enable it "
+            "(jax.config.update('jax_enable_x64', True)) first",
+            UserWarning,
+            stacklevel=4,
+        )
+    return bool(wide)
+
+
 def tensor_dtype(dtype: np.dtype, float_dtype: np.dtype) -> np.dtype:
     """The dtype a stored tensor takes in a model computing in `float_dtype`.
 
     Floats take the model's float dtype, unless they are narrower (a
     float32 constant of a float64 model, which torch computes with in
-    float32), and complex tensors (spectral weights) its complex
-    counterpart; other tensors what `jnp.asarray` makes of them (int64
-    becomes int32 unless 64-bit JAX is on).
+    float32) or wider (a float64 buffer of a float32 model, which torch
+    computes with in float64), and complex tensors (spectral weights) its
+    complex counterpart unless wider; other tensors, and the wider ones,
+    what `jnp.asarray` makes of them (int64 becomes int32 and float64
+    float32 unless 64-bit JAX is on).
     """
-    if np.issubdtype(dtype, np.floating):
-        return np.dtype(dtype) if np.dtype(dtype).itemsize < np.dtype(float_dtype).itemsize else np.dtype(float_dtype)
-    if np.issubdtype(dtype, np.complexfloating):
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating) and dtype.itemsize < np.dtype(float_dtype).itemsize:
+        return dtype
+    if np.issubdtype(dtype, np.floating) and dtype.itemsize == np.dtype(float_dtype).itemsize:
+        return np.dtype(float_dtype)
+    if np.issubdtype(dtype, np.complexfloating) and dtype.itemsize <= complex_dtype(float_dtype).itemsize:
         return complex_dtype(float_dtype)
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 

@@ -13,8 +13,7 @@ import torch
 
 from ._errors import JaxjacError
 from ._graph import DType, Graph, Node, Ref
-from ._graph_model import tensor_dtype
-from ._interpret import check_supported
+from ._interpret import check_supported, complex_dtype
 
 # Arguments that say where or how torch lays out memory: meaningless in JAX.
 _PLACEMENT_KWARGS = frozenset({"device", "layout", "pin_memory", "memory_format", "non_blocking"})
@@ -48,10 +47,13 @@ def _tensor_to_numpy(t: torch.Tensor, float_dtype: np.dtype, *, constant: bool =
         # A constant forward makes in torch's default dtype (`torch.tensor(24.0)`)
         # is float32 in a float64 model too, and torch computes with it so.
         return t.numpy().copy()
+    if t.dtype in (torch.float64, torch.complex128):
+        # `in_dtype` left it wider than the model on purpose; torch computes with it so.
+        return t.resolve_conj().numpy().copy()
     if t.is_floating_point():
         return t.to(torch.float64).numpy().astype(float_dtype)
     if t.is_complex():
-        return t.resolve_conj().to(torch.complex128).numpy().astype(tensor_dtype(np.dtype(np.complex128), float_dtype))
+        return t.resolve_conj().to(torch.complex128).numpy().astype(complex_dtype(float_dtype))
     if t.dtype == torch.bool:
         return t.numpy().copy()
     return t.numpy().copy()

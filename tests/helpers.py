@@ -61,6 +61,19 @@ class Fn(torch.nn.Module):
         return self.fn(x)
 
 
+class Float64Buffer(torch.nn.Module):
+    """A float32 model whose float64 buffer holds a difference float32 cannot: (1 + 1e-9) - 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 2, 3)
+        self.register_buffer("c", torch.tensor([1.0, 1e-9], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(1)
+        return (y + ((self.c[0] + self.c[1]) - self.c[0]) * 1e9 * y).float()  # 2y in float64, y in float32
+
+
 def cast(net: torch.nn.Module, dtype: str) -> torch.nn.Module:
     """`net` with float tensors in `dtype` and complex ones in its complex counterpart.
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from checkpoint_nets import SAMPLE_SHAPE
-from helpers import swap_lowering
+from helpers import Float64Buffer, swap_lowering, torch_reference
 
 import jaxjac
 from jaxjac.cli import main
@@ -90,6 +92,21 @@ def test_float64(ckpts, arch, capsys):
 
     with jax.enable_x64(True):
         assert jaxjac.load("f64.jaxjac").dtype == np.float64
+
+
+def test_a_float32_model_with_a_float64_buffer_is_computed_with_64_bit_jax(tmp_path, capsys):
+    net, x = Float64Buffer().eval(), np.random.default_rng(0).standard_normal((5, 1, 8)).astype(np.float32)
+    torch.export.save(torch.export.export(net, (torch.as_tensor(x[:1]),)), tmp_path / "net.pt2")
+    np.save(tmp_path / "X.npy", x)
+    assert main(["convert", str(tmp_path / "net.pt2"), "-o", str(tmp_path / "net.jaxjac"), *FAST]) == 0
+    assert "check passed" in capsys.readouterr().out
+    # In a child process: the command line turns on 64-bit JAX for the model, for good.
+    argv = ["jacobian", "net.jaxjac", "X.npy", "-o", "J.npy", "--quiet", "--compile-cache", "off"]
+    code = f"import sys\nfrom jaxjac.cli import main\nsys.exit(main({argv!r}))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _, expected = torch_reference(net, torch.as_tensor(x))
+    np.testing.assert_allclose(np.load(tmp_path / "J.npy").reshape(expected.shape), expected, rtol=1e-6)
 
 
 class GRUClassifier(torch.nn.Module):

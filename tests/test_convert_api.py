@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import assert_converts, swap_lowering
+from helpers import Float64Buffer, assert_converts, swap_lowering, torch_reference
 
 import jaxjac
 import jaxjac._convert
@@ -398,6 +398,38 @@ def test_explicit_casts_inside_forward_round_as_in_torch():
         x32, precise = (torch.randn(3, 1, 8) + 500.0).float(), Precise().eval()
         model = jaxjac.convert(precise, x32, check=False)
         np.testing.assert_allclose(np.asarray(model(x32.numpy())), precise(x32).detach().numpy(), rtol=1e-6)
+
+
+def test_a_float64_buffer_of_a_float32_model_keeps_its_width(tmp_path):
+    # braindecode's SensingDynamics: narrowing the buffer with the model changed what it
+    # computes, and the check, run on the narrowed copy, passed.
+    net, x = Float64Buffer().eval(), torch.randn(4, 1, 8)
+    outputs, jacobians = torch_reference(net, x)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, x)
+        jaxjac.save(model, tmp_path / "m.jaxjac")
+        loaded = jaxjac.load(tmp_path / "m.jaxjac")
+    assert model.tensors()["c"].dtype == np.float64 and model.tensors()["conv.weight"].dtype == np.float32
+    for converted in (model, loaded):
+        with jax.enable_x64(True):
+            np.testing.assert_allclose(np.asarray(converted(x.numpy())), outputs, rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(jaxjac.jacobian(converted, x.numpy())), jacobians, rtol=1e-6)
+    with pytest.warns(UserWarning, match=r"m.jaxjac holds 'c' in float64.*64-bit JAX is off"):
+        jaxjac.load(tmp_path / "m.jaxjac")
+    assert net.c.dtype == torch.float64
+
+
+def test_a_float64_buffer_without_64_bit_jax_is_warned_about_and_fails_the_check():
+    net, x = Float64Buffer().eval(), torch.randn(4, 1, 8)
+    with pytest.warns(UserWarning, match=r"the model holds 'c' in float64.*64-bit JAX is off"):
+        with pytest.raises(jaxjac.ConversionCheckError, match=r"forward computes in float64 without 64-bit JAX"):
+            jaxjac.convert(net, x)
+
+
+def test_a_float64_model_converted_to_float32_is_narrowed_whole():
+    net = Float64Buffer().double().eval()
+    model = jaxjac.convert(net, torch.randn(4, 1, 8, dtype=torch.float64), check=False)
+    assert {a.dtype for a in model.tensors().values()} == {np.dtype(np.float32)}
 
 
 def test_torch_names_that_clash_with_the_module_s_own_are_kept_with_an_underscore(tmp_path):

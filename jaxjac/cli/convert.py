@@ -120,12 +120,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, convert and check it, and write the artifact."""
     import jax
+    import torch
 
     from .._artifact import save
     from .._check import format_report
     from .._convert import convert
     from .._load import load_checkpoint
     from .._readers import match_sample_shape
+    from .._torch_dtypes import kept_wider
 
     output = args.output or args.checkpoint.with_suffix(".jaxjac")
     require_new_file(output, args.force)  # fail before the slow part
@@ -170,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
         "sha256": sha256_of(args.checkpoint),
         "format": checkpoint.format,
     }
-    x64 = jax.enable_x64(True) if args.dtype == "float64" else contextlib.nullcontext()
+    # The CLI owns its process, so it turns on 64-bit JAX where torch computes in float64 (kept_wider's buffers).
+    float64_in_float32 = kept_wider(checkpoint.net, torch.float32)
+    x64 = jax.enable_x64(True) if args.dtype == "float64" or float64_in_float32 else contextlib.nullcontext()
     with x64:
         try:
             model = convert(

@@ -479,10 +479,10 @@ def _load_model(path: Path, *, flax_module: bool = False):
     """The artifact at `path`: a `GraphModel`, or with `flax_module` a `ConvertedModel` (which imports Flax)."""
     import jax
 
-    from .._artifact import _read_metadata, load, load_graph_model
+    from .._artifact import load, load_graph_model, needs_64bit_jax
 
     with contextlib.suppress(OSError, JaxjacError, ValueError, KeyError):  # load() explains any problem itself
-        if path.is_file() and json.loads(_read_metadata(path, path.read_bytes())["spec"])["dtype"] == "float64":
+        if path.is_file() and needs_64bit_jax(path):
             jax.config.update("jax_enable_x64", True)
     return load(path) if flax_module else load_graph_model(path)
 
