@@ -255,9 +255,26 @@ def index_put(
     x: jax.Array, indices: Sequence[jax.Array | None], values: jax.Array, accumulate: bool = False
 ) -> jax.Array:
     """`x` with `x[indices]` set to (or, with `accumulate`, incremented by) broadcast `values`."""
-    ref = x.at[_advanced_index(indices)]
     values = values.astype(x.dtype)
+    mask = _traced_mask(x, indices)
+    if mask is not None and values.size == 1:  # `x[torch.isnan(x)] = 0`: a select, whatever the mask holds
+        values = values.reshape(())
+        return jnp.where(mask, x + values, x) if accumulate else jnp.where(mask, values, x)
+    ref = x.at[_advanced_index(indices)]
     return ref.add(values) if accumulate else ref.set(values)
+
+
+def _traced_mask(x: jax.Array, indices: Sequence[jax.Array | None]) -> jax.Array | None:
+    """The one traced boolean index of `indices`, broadcast against `x`; None for any other indexing.
+
+    JAX needs a boolean index's values to know the selection's shape; assigning
+    one value to the selection has `x`'s shape whatever the mask holds.
+    """
+    given = [(axis, i) for axis, i in enumerate(indices) if i is not None]
+    if len(given) != 1 or given[0][1].dtype != jnp.bool_ or isinstance(given[0][1], np.ndarray):
+        return None
+    ((before, mask),) = given  # every entry before it is `:`, one axis each
+    return mask.reshape((1,) * before + mask.shape + (1,) * (x.ndim - before - mask.ndim))
 
 
 @register("aten.index_select.default")

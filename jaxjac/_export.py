@@ -18,6 +18,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -443,6 +444,8 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
         kwargs = kwargs or {}
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
+            args = (args[0], _constant_masks_as_positions(args[1]), *args[2:])
         tensors = [leaf for leaf in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
         made_here = func in _CONSTANT_FACTORIES and not tensors
         constant = bool(tensors) and not any(_is_traced(t) for t in tensors)
@@ -462,15 +465,43 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _constant_masks_as_positions(index: Any) -> Any:
+    """`index` with each constant boolean mask replaced by the positions it holds, as torch itself reads it.
+
+    Indexing by a mask makes a shape that depends on the mask's values, which
+    the tracer cannot know (nnAudio's iSTFT: `real[:, self.mask] = ...`); a
+    constant mask's positions are known, so the shape is fixed.
+    """
+    entries = index if isinstance(index, tuple) else (index,)
+    if not any(_is_constant_mask(entry) for entry in entries):
+        return index
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    expanded: list[Any] = []
+    for entry in entries:
+        if _is_constant_mask(entry):
+            with _disable_current_modes():
+                expanded.extend(torch.nonzero(entry, as_tuple=True))
+        else:
+            expanded.append(entry)
+    return tuple(expanded)
+
+
+def _is_constant_mask(entry: Any) -> bool:
+    return isinstance(entry, torch.Tensor) and entry.dtype == torch.bool and entry.ndim > 0 and not _is_traced(entry)
+
+
 @contextlib.contextmanager
 def _integer_buffers_as_constants(net: torch.nn.Module) -> Iterator[None]:
-    """Integer buffers are plain tensor attributes in the block, so they keep real values while traced.
+    """Integer and bool buffers are plain tensor attributes in the block, so they keep real values while traced.
 
     torch.export makes every buffer a fake tensor, with no value. Integer
     buffers are not differentiated and are the same for every input, but
     forward may read them back: transformers' Encodec and Mimi compute their
-    padding from `stride` and `kernel_size` buffers. As plain attributes they
-    are constants of the program, which `_RealConstants` computes with.
+    padding from `stride` and `kernel_size` buffers, tsai's MiniRocketPlus
+    branches on a `fitted` flag, nnAudio's iSTFT indexes by a bool `mask`. As
+    plain attributes they are constants of the program, which `_RealConstants`
+    computes with.
     """
     saved = []
     for module in net.modules():
@@ -493,8 +524,8 @@ def _integer_buffers_as_constants(net: torch.nn.Module) -> Iterator[None]:
 
 
 def _is_read_back(buffer: torch.Tensor) -> bool:
-    """An integer buffer, or a one-element bool one: a flag forward branches on (`if not self.fitted:`)."""
-    return _is_integer(buffer) or (buffer.dtype == torch.bool and buffer.numel() == 1)
+    """An integer or bool buffer: a flag forward branches on (`if not self.fitted:`), or a mask it indexes with."""
+    return _is_integer(buffer) or buffer.dtype == torch.bool
 
 
 def _is_integer(tensor: torch.Tensor) -> bool:

@@ -933,3 +933,30 @@ class FittedFlag(nn.Module):
 def test_a_bool_flag_buffer_forward_branches_on_converts():
     model = assert_converts(FittedFlag(), (3, 16), "float64")
     assert "mask" in model.tensor_names
+
+
+class CleansByMask(nn.Module):
+    """tsai's `x[torch.isnan(x)] = 0`, and nnAudio iSTFT's `x[..., self.mask] = ...` by a constant bool buffer."""
+
+    def __init__(self, by: str):
+        super().__init__()
+        self.by, self.conv = by, nn.Conv1d(1, 2, 3)
+        self.register_buffer("mask", torch.tensor([True, False, True, True, False, False, True, True]))
+
+    def forward(self, x):
+        x = x.clone()
+        if self.by == "input":
+            x[x < 0] = 0.5
+        elif self.by == "input-leading-axes":
+            x[:, :, x[0, 0] > 0] = -1.0
+        else:
+            x[:, :, self.mask] = x[:, :, self.mask] * 2 + x[:, :, ~self.mask].sum(-1, keepdim=True)
+        return self.conv(x).flatten(1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("by", ["input", "input-leading-axes", "buffer"])
+def test_assigning_through_a_bool_mask_converts(by, dtype):
+    # A mask of the input selects a shape JAX cannot know, but one value assigned to
+    # it is a select; a constant mask's positions are known while traced.
+    assert_converts(CleansByMask(by), (1, 8), dtype, n=4)
