@@ -6,6 +6,7 @@ The reference is the per-sample loop users start from:
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -34,9 +35,13 @@ def output_of(net: torch.nn.Module, x: torch.Tensor, output_index: int | None) -
 
 
 def torch_outputs_and_jacobians(
-    net: torch.nn.Module, x: torch.Tensor, output_index: int | None = None
+    net: torch.nn.Module, x: torch.Tensor, output_index: int | None = None, cotangents: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Torch's outputs `(N, K)` and per-sample Jacobians `(N, K, *sample_shape)`, one sample at a time."""
+    """Torch's outputs `(N, K)` and per-sample Jacobians `(N, K, *sample_shape)`, one sample at a time.
+
+    With `cotangents` `(R, K)`, the Jacobians are `cotangents @ J` instead,
+    `(N, R, *sample_shape)`: R reverse passes per sample rather than K.
+    """
 
     def forward(row: torch.Tensor) -> torch.Tensor:
         return output_of(net, row, output_index)
@@ -47,9 +52,44 @@ def torch_outputs_and_jacobians(
             row = x[i : i + 1]
             with torch.no_grad():
                 outputs.append(forward(row).reshape(-1).numpy())
-            jac = torch.autograd.functional.jacobian(forward, row)
+            if cotangents is None:
+                jac = torch.autograd.functional.jacobian(forward, row)
+            else:
+                jac = _torch_vjps(forward, row, cotangents)
             jacobians.append(jac.reshape(-1, *row.shape[1:]).numpy())
     return np.stack(outputs), np.stack(jacobians)
+
+
+def _torch_vjps(forward, row: torch.Tensor, cotangents: np.ndarray) -> torch.Tensor:  # noqa: ANN001
+    """`cotangents @ J` `(R, *row.shape)` of `forward` at `row`, one reverse pass per cotangent."""
+    row = row.detach().requires_grad_()
+    out = forward(row).reshape(-1)
+    rows = []
+    for v in torch.as_tensor(cotangents, dtype=out.dtype):
+        (grad,) = (
+            torch.autograd.grad(out, row, v, retain_graph=True, allow_unused=True) if out.requires_grad else (None,)
+        )
+        rows.append(torch.zeros_like(row) if grad is None else grad)
+    return torch.stack(rows).detach()
+
+
+# Beyond MAX_CHECKED_ROWS outputs (a sequence-to-sequence TCN has 800), the
+# check compares that many of the Jacobian's rows, spread evenly, and one random
+# combination of them all, so that torch makes MAX_CHECKED_ROWS + 1 reverse
+# passes per probe rather than K: a lowering bug shows in nearly every row, and
+# a bug in a row left out shows in the combination.
+MAX_CHECKED_ROWS = 64
+
+
+def checked_rows(n_outputs: int, seed: int = 0) -> np.ndarray | None:
+    """The cotangents `(R, K)` whose products with the Jacobian the check compares; None for every row."""
+    if n_outputs <= MAX_CHECKED_ROWS:
+        return None
+    picked = np.unique(np.linspace(0, n_outputs - 1, MAX_CHECKED_ROWS).round().astype(int))
+    cotangents = np.zeros((len(picked) + 1, n_outputs))
+    cotangents[np.arange(len(picked)), picked] = 1.0
+    cotangents[-1] = np.random.default_rng(seed).standard_normal(n_outputs) / np.sqrt(n_outputs)
+    return cotangents
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
@@ -108,8 +148,9 @@ def check_conversion(
     # The model's dtype, which `net` is in: a net may hold no parameters to read it from.
     torch_dtype = getattr(torch, np.dtype(model.dtype).name)
     x = torch.as_tensor(np.asarray(probes)).to(torch_dtype)
+    cotangents = checked_rows(math.prod(model.output_shape))
     try:
-        expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index)
+        expected_out, expected_jac = torch_outputs_and_jacobians(net, x, output_index, cotangents)
     except RuntimeError as error:  # torch's own failures, such as a dtype fixed inside the graph
         raise JaxjacError(
             f"torch could not run the model on the check's {model.dtype} probe inputs: "
@@ -117,6 +158,9 @@ def check_conversion(
         ) from error
     actual_out = np.asarray(model(x.numpy())).reshape(len(x), -1)
     actual_jac = jacobian(model, x.numpy(), batch_size=len(x))
+    if cotangents is not None:
+        rows = np.asarray(actual_jac, np.float64).reshape(len(x), cotangents.shape[1], -1)
+        actual_jac = np.einsum("rk,pki->pri", cotangents, rows).reshape(expected_jac.shape)
     # Probes where torch itself is not finite (log of a negative, say) test nothing: left out.
     finite = np.isfinite(expected_out.reshape(len(x), -1)).all(1) & np.isfinite(expected_jac.reshape(len(x), -1)).all(1)
     if len(x) and not finite.any():
@@ -125,6 +169,10 @@ def check_conversion(
             "the conversion cannot be checked; pass check_data (--check-data) with real samples"
         )
     report: dict = {"n_probes": int(finite.sum()), "dtype": str(model.dtype), "rtol": rtol, "atol": atol}
+    if cotangents is not None:
+        report["jacobian_rows_checked"] = (
+            f"{len(cotangents) - 1} of {cotangents.shape[1]} rows and a random combination of all"
+        )
     if not finite.all():
         report["probes_left_out"] = int((~finite).sum())  # torch not finite there
     failed = []
@@ -141,7 +189,7 @@ def check_conversion(
             failed.append(key)
     if failed and np.dtype(model.dtype) == np.float32:
         failed = _unless_explained_in_float64(
-            net, x[torch.as_tensor(finite)], arrays, failed, output_index, rtol, atol, report
+            net, x[torch.as_tensor(finite)], arrays, failed, output_index, cotangents, rtol, atol, report
         )
     failed = [
         f"{key}: max relative error {report[f'{key}_max_rel_error']:.3g} (absolute {report[f'{key}_max_abs_error']:.3g})"
@@ -222,6 +270,7 @@ def _unless_explained_in_float64(
     arrays: dict[str, tuple[np.ndarray, np.ndarray]],
     failed: list[str],
     output_index: int | None,
+    cotangents: np.ndarray | None,
     rtol: float,
     atol: float,
     report: dict,
@@ -233,7 +282,9 @@ def _unless_explained_in_float64(
     """
     try:
         with in_dtype(net, torch.float64) as net64:
-            truth = dict(zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index), strict=True))
+            truth = dict(
+                zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index, cotangents), strict=True)
+            )
             spread = _torch_self_disagreement(net64, x.double(), truth["outputs"], output_index)
     except Exception:  # torch raises many types for a model that cannot run in float64
         return failed
@@ -298,7 +349,9 @@ def format_report(report: dict) -> str:
     return (
         f"conversion check {verdict} on {report['n_probes']} probes ({report['dtype']}): "
         f"outputs max rel error {report['outputs_max_rel_error']:.2e}, "
-        f"Jacobians max rel error {report['jacobians_max_rel_error']:.2e} (rtol {report['rtol']:g})"
+        f"Jacobians max rel error {report['jacobians_max_rel_error']:.2e}"
+        + (f" on {report['jacobian_rows_checked']}" if "jacobian_rows_checked" in report else "")
+        + f" (rtol {report['rtol']:g})"
         + (
             f"; {report['probes_left_out']} probes left out, where torch is not finite"
             if "probes_left_out" in report

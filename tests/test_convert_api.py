@@ -7,6 +7,7 @@ import sys
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -147,6 +148,24 @@ def test_check_catches_a_wrong_lowering(monkeypatch, request):
         jaxjac.convert(small_net(length=11), torch.randn(2, 1, 11))
     assert info.value.report["passed"] is False
     assert info.value.report["outputs_max_rel_error"] > 1e-3
+
+
+@pytest.mark.parametrize("wrong_row", [0, 1], ids=["a-checked-row", "a-row-left-out"])
+def test_many_outputs_are_checked_on_some_rows_and_a_combination_of_all(monkeypatch, request, wrong_row):
+    # K = 200 > MAX_CHECKED_ROWS: torch makes 65 reverse passes per probe, not 200. A wrong
+    # derivative of one output (its value right) is caught whether or not its row is one of those.
+    def tanh_with_one_wrong_derivative(x):
+        wrong = jnp.zeros(x.shape).at[..., 0, wrong_row].set(0.5)  # output `wrong_row` only
+        return jnp.tanh(x) + wrong * (x - jax.lax.stop_gradient(x))
+
+    net = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten()).eval()
+    x = torch.randn(3, 1, 100)
+    report = jaxjac.convert(net, x).metadata["check"]
+    assert report["passed"] and report["jacobian_rows_checked"] == "64 of 200 rows and a random combination of all"
+    swap_lowering(monkeypatch, request, "aten.tanh.default", tanh_with_one_wrong_derivative)
+    with pytest.raises(jaxjac.ConversionCheckError, match=r"^[^;]*: jacobians: max relative error") as info:
+        jaxjac.convert(net, x)
+    assert info.value.report["jacobians_max_rel_error"] > 1e-3
 
 
 class KeepsItsLastActivation(nn.Module):
