@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     creation,
     elementwise,
     layout,
+    linalg,
     linear,
     norm,
     pool,

@@ -80,15 +80,3 @@ def cdist(x1: jax.Array, x2: jax.Array, p: float, compute_mode: int | None = Non
     zero = powered == 0
     # The double `where` keeps the root's infinite slope at 0 out of the gradient.
     return jnp.where(zero, 0.0, jnp.where(zero, 1.0, powered) ** (1.0 / p)).astype(diff.dtype)
-
-
-@register("aten._linalg_solve_ex.default")
-def linalg_solve_ex(a: jax.Array, b: jax.Array, *, left: bool = True, check_errors: bool = False) -> tuple:
-    """`torch.linalg.solve`'s core: `(X, LU, pivots, info)` with `A X = B` (`left`) or `X A = B`.
-
-    Only `X` is computed; torch's graph reads the others only to check for a
-    singular matrix, a check jaxjac leaves out (a singular `A` gives inf or NaN).
-    """
-    if not left:  # X A = B  <=>  A^T X^T = B^T
-        return jnp.swapaxes(jnp.linalg.solve(jnp.swapaxes(a, -1, -2), jnp.swapaxes(b, -1, -2)), -1, -2), None, None, 0
-    return jnp.linalg.solve(a, b), None, None, 0

@@ -159,11 +159,17 @@ def convert(
         return build(info)
 
 
+def _makes_a_0_dim_tensor(node) -> bool:  # noqa: ANN001
+    return node.op == "aten.scalar_tensor.default" or (node.op == "aten.full.default" and node.args[:1] == ((),))
+
+
 def _warn_float64_steps(graph, tensors: dict[str, np.ndarray]) -> None:
     """Warn when forward casts to float64, or holds float64 tensors, but JAX can only compute float32 (64-bit JAX off)."""
     if jax.config.jax_enable_x64 or warn_float64_without_x64(tensors, "the model"):
         return
     for node in graph.nodes:
+        if _makes_a_0_dim_tensor(node):  # it does not widen the tensors it meets (pinv's float64 tolerances)
+            continue
         values = [*node.args, *(value for _, value in node.kwargs)]
         if any(isinstance(v, DType) and v.name in ("float64", "complex128") for v in values):
             warnings.warn(
