@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
 from .registry import register
@@ -45,12 +46,27 @@ def _as_float(x: Operand) -> Operand:
 
 
 def _float_scalar_promotes(a: Operand, b: Operand) -> tuple[Operand, Operand]:
-    """torch: an integer or bool tensor meeting a Python float becomes float32 (its default dtype), not float64."""
+    """`a` and `b` in the dtypes torch computes their arithmetic in.
+
+    An integer or bool tensor meeting a Python float becomes float32 (torch's
+    default dtype), not float64; a 0-dim float tensor does not widen a
+    tensor with dimensions (`y * self.scale[0]`, a float64 buffer's element,
+    is float32 for a float32 `y`), where JAX would promote both.
+    """
     if isinstance(b, float) and not isinstance(a, bool | int) and _is_exact(a):
         a = _as_float(a)
     if isinstance(a, float) and not isinstance(b, bool | int) and _is_exact(b):
         b = _as_float(b)
-    return a, b
+    return _narrowed_to_dimensioned(a, b), _narrowed_to_dimensioned(b, a)
+
+
+def _narrowed_to_dimensioned(x: Operand, other: Operand) -> Operand:
+    """`x` in `other`'s float dtype when `x` is a 0-dim float array wider than `other`, a float array with dimensions."""
+    if not (isinstance(x, Array | np.ndarray) and isinstance(other, Array | np.ndarray) and x.ndim == 0 < other.ndim):
+        return x
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(other.dtype, jnp.floating):
+        return x.astype(other.dtype) if x.dtype.itemsize > other.dtype.itemsize else x
+    return x
 
 
 def _unary_float(fn):

@@ -132,7 +132,8 @@ def warn_float64_without_x64(tensors: Mapping[str, np.ndarray], what: str) -> bo
     """Warn, and say so, when `tensors` hold a float64 tensor but 64-bit JAX is off, so that JAX computes in float32."""
     if jax.config.jax_enable_x64:
         return False
-    wide = [name for name, a in tensors.items() if a.dtype in (np.float64, np.complex128)]
+    # A 0-dim tensor does not widen the tensors with dimensions it meets, in torch.
+    wide = [name for name, a in tensors.items() if a.dtype in (np.float64, np.complex128) and a.ndim]
     if wide:
         warnings.warn(
             f"{what} holds {wide[0]!r} in {tensors[wide[0]].dtype}, and torch computes with it so, but 64-bit JAX "

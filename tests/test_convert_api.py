@@ -445,6 +445,31 @@ def test_a_float64_buffer_without_64_bit_jax_is_warned_about_and_fails_the_check
             jaxjac.convert(net, x)
 
 
+class ZeroDimFloat64(nn.Module):
+    """Float64 0-dim tensors meeting float32 ones: torch computes in float32, as 0-dim tensors do not promote."""
+
+    def __init__(self, buffer: bool):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+        self.register_buffer("s", torch.tensor([0.25, 3.0], dtype=torch.float64) if buffer else None)
+
+    def forward(self, x):
+        y = self.conv(x).flatten(1) * torch.tensor(0.5, dtype=torch.float64)
+        return y if self.s is None else y * self.s[0] - self.s[1]
+
+
+@pytest.mark.parametrize("buffer", [False, True], ids=["constant", "buffer-element"])
+def test_a_0_dim_float64_tensor_does_not_widen_a_float32_one(buffer):
+    net, x = ZeroDimFloat64(buffer).eval(), torch.randn(3, 1, 8)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, x)
+        out = np.asarray(model(x.numpy()))
+    assert out.dtype == np.float32 and net(x).dtype == torch.float32
+    np.testing.assert_allclose(out, net(x).detach().numpy(), rtol=1e-6)
+    if not buffer:  # a float64 0-dim constant alone computes nothing in float64: no warning
+        jaxjac.convert(net, x)
+
+
 def test_a_float64_model_converted_to_float32_is_narrowed_whole():
     net = Float64Buffer().double().eval()
     model = jaxjac.convert(net, torch.randn(4, 1, 8, dtype=torch.float64), check=False)
