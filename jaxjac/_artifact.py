@@ -288,16 +288,18 @@ def needs_64bit_jax(path: Path) -> bool:
 
     Raises what reading the header raises (`JaxjacError`, or `KeyError`/`ValueError` for damaged metadata).
     """
-    data = path.read_bytes()
-    meta = _read_metadata(path, data)
-    (header_len,) = struct.unpack("<Q", data[:8])
-    entries = json.loads(data[8 : 8 + header_len]).values()
-    stores_float64 = any(isinstance(entry, dict) and entry.get("dtype") == "F64" for entry in entries)
-    return stores_float64 or json.loads(meta["spec"])["dtype"] == "float64"
+    header = _read_header(path, path.read_bytes())
+    stores_float64 = any(isinstance(entry, dict) and entry.get("dtype") == "F64" for entry in header.values())
+    return stores_float64 or json.loads(header["__metadata__"]["spec"])["dtype"] == "float64"
 
 
 def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
     """Validate the safetensors framing and the jaxjac marker; return `__metadata__`."""
+    return _read_header(path, data)["__metadata__"]
+
+
+def _read_header(path: Path, data: bytes) -> dict[str, Any]:
+    """Validate the safetensors framing and the jaxjac marker; return the whole header, tensor entries and `__metadata__`."""
     not_safetensors = f"{path} is not a jaxjac artifact: expected a safetensors file"
     if data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
         raise JaxjacError(
@@ -342,7 +344,7 @@ def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
     needed = 8 + header_len + max(ends, default=0)
     if needed > len(data):
         raise JaxjacError(f"{path} is truncated: its header needs {needed} bytes, the file holds {len(data)}")
-    return meta
+    return header
 
 
 def _shape(value: Any) -> tuple[int, ...]:
