@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ._errors import JaxjacError
+from ._known_values import KnownValues
 
 
 @contextlib.contextmanager
@@ -439,11 +440,23 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
     even where, as here, nothing depends on the data: asteroid's DCUNet
     reads `int(torch.from_numpy(strides)[0])`. jaxjac traces one fixed
     shape, so such a tensor is the same for every input; the ops that make
-    it are still recorded.
+    it are still recorded. Tensors filled with one number stay traced, with
+    their values known beside them (`KnownValues`).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known = KnownValues()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
         kwargs = kwargs or {}
+        if func in _READ_BACKS and args and isinstance(args[0], torch.Tensor):
+            value = self._known.value_of(args[0])
+            if value is not None:
+                from torch.utils._python_dispatch import _disable_current_modes
+
+                with _disable_current_modes():
+                    return func(value, *args[1:], **kwargs)
         if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
             args = (args[0], _constant_masks_as_positions(args[1]), *args[2:])
         tensors = [leaf for leaf in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
@@ -462,7 +475,9 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
 
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        self._known.follow(func, args, kwargs, result, _is_traced)
+        return result
 
 
 def _constant_masks_as_positions(index: Any) -> Any:

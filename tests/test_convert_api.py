@@ -584,10 +584,28 @@ class StepFromANumpyConstant(nn.Module):
         return self.linear(x[:, 0, ::step]) / scale
 
 
+class ReadsBackFilledTensors(nn.Module):
+    """Reads back tensors filled with one number: lengths as torchaudio's Conformer takes them, a mask as torch_ecg's CRF asserts on."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 3)
+
+    def forward(self, x):
+        lengths = torch.full((x.shape[0],), x.shape[-1]) - torch.ones(x.shape[0], dtype=torch.long)
+        steps = int(torch.max(lengths).item())
+        assert x.new_ones(x.shape[:2], dtype=torch.uint8)[0].all() and not torch.zeros_like(x).any()
+        out = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype)  # filled in place from the input
+        out[:, 0] = self.linear(x[:, 0])
+        out[:, 1] = self.linear(torch.flip(x[:, 0], [-1]))
+        identity = torch.eye(3, dtype=x.dtype) * torch.full_like(x, 2.0).new_full((1,), 0.5).item()
+        return out.sum(1)[:, :steps] @ identity
+
+
 @pytest.mark.parametrize(
     "net",
-    [DimsFromATensor(), UsesPythonMadeTensors(), StepFromANumpyConstant()],
-    ids=["dims-from-a-tensor", "python-made", "numpy-constant"],
+    [DimsFromATensor(), UsesPythonMadeTensors(), StepFromANumpyConstant(), ReadsBackFilledTensors()],
+    ids=["dims-from-a-tensor", "python-made", "numpy-constant", "filled"],
 )
 def test_tensors_made_from_python_numbers_can_be_read_back_while_traced(net):
     torch.manual_seed(0)
