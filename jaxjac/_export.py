@@ -241,6 +241,24 @@ _EXPORT_HINTS = (
 )
 
 
+_PACKED_HINT = (
+    "a recurrent layer runs on a PackedSequence (`pack_padded_sequence`), whose batch sizes torch.export cannot "
+    "trace; a per-sample Jacobian is of one sample, which has one length, so pass the RNN the padded tensor itself"
+)
+
+
+def _runs_a_packed_sequence(error: BaseException) -> bool:
+    """Whether `error` arose inside torch's RNN forward while it ran on a PackedSequence (speechbrain packs when given lengths)."""
+    rnn_source = os.path.join("nn", "modules", "rnn.py")
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_filename.endswith(rnn_source) and frame.f_locals.get("batch_sizes") is not None:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _gist(error: BaseException) -> str:
     """Torch's message in one line: its first line, the line of forward that failed, its last when that adds the cause, plus a hint."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
@@ -253,6 +271,8 @@ def _gist(error: BaseException) -> str:
     for pattern, hint in _EXPORT_HINTS:
         if pattern in str(error):
             gist += f" ({hint})"
+    if _runs_a_packed_sequence(error):
+        gist += f" ({_PACKED_HINT})"
     return gist + "; --debug shows torch's full message" if len(lines) > 1 else gist
 
 

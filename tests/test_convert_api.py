@@ -525,6 +525,25 @@ def test_export_errors_give_torch_s_cause_and_a_hint():
         jaxjac.convert(DataDependent().eval(), torch.randn(2, 1, 8))
 
 
+class RunsAPackedSequence(nn.Module):
+    """speechbrain's RNN wrappers pack the input whenever they are given lengths."""
+
+    def __init__(self, rnn: type[nn.RNNBase]):
+        super().__init__()
+        self.rnn = rnn(6, 4, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        lengths = torch.full((x.shape[0],), x.shape[1])
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+        return nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0].flatten(1)
+
+
+@pytest.mark.parametrize("rnn", [nn.LSTM, nn.GRU])
+def test_a_packed_sequence_is_named_as_the_cause_with_the_fix(rnn):
+    with pytest.raises(jaxjac.JaxjacError, match=r"runs on a PackedSequence .*pass the RNN the padded tensor"):
+        jaxjac.convert(RunsAPackedSequence(rnn).eval(), torch.randn(2, 5, 6))
+
+
 class DimsFromATensor(nn.Module):
     """A global layer norm whose dims come from a tensor, as asteroid's gLN computes them."""
 
