@@ -16,6 +16,7 @@ from ._errors import ConversionCheckError, JaxjacError, first_line
 from ._export import eval_mode
 from ._jacobian import jacobian
 from ._model import ConvertedModel
+from ._module_state import before_forward, restore_all, state_kept
 from ._torch_dtypes import in_dtype
 
 DEFAULT_RTOL = 1e-4
@@ -30,6 +31,7 @@ def output_of(net: torch.nn.Module, x: torch.Tensor, output_index: int | None) -
     """
     # A clone: a forward that edits its input in place (`x.nan_to_num_()`, `x[mask] = 0`) would
     # change the probes, and autograd refuses in-place edits of the leaf it differentiates.
+    before_forward(net)
     leaves = torch.utils._pytree.tree_leaves(net(x.clone()))
     return leaves[0 if output_index is None else output_index]
 
@@ -281,7 +283,9 @@ def _unless_explained_in_float64(
     inside, say), nothing is explained and `failed` comes back whole.
     """
     try:
-        with in_dtype(net, torch.float64) as net64:
+        restore_all()  # a copy of a model whose forward changes its state starts where the check's runs did
+        # Its own block: a model that cannot be copied is cast in place, its buffers replaced.
+        with in_dtype(net, torch.float64) as net64, state_kept():
             truth = dict(
                 zip(arrays, torch_outputs_and_jacobians(net64, x.double(), output_index, cotangents), strict=True)
             )

@@ -17,6 +17,7 @@ from ._graph import DType
 from ._graph_model import ModelSpec, output_shape_of, warn_float64_without_x64
 from ._lower import lower_program
 from ._model import ConvertedModel
+from ._module_state import before_forward, state_kept
 from ._torch_dtypes import in_dtype
 from ._torchscript import from_torchscript
 from ._versions import versions
@@ -121,8 +122,9 @@ def convert(
     net = _unwrapped(net)
     if isinstance(net, torch.jit.ScriptModule):
         net = from_torchscript(net, tuple(sample.shape[1:]), "the TorchScript module")
-    with in_dtype(net, _TORCH_DTYPES[dtype]) as net:
+    with in_dtype(net, _TORCH_DTYPES[dtype]) as net, state_kept():
         sample = sample.to(_TORCH_DTYPES[dtype])
+        before_forward(net)  # the state the graph computes from, whatever tracing does to it
         program = export_one_sample(net, sample)
         graph, tensors = lower_program(program, float_dtype=np.dtype(dtype), output_index=output_index)
         _warn_float64_steps(graph, tensors)

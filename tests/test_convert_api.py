@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
 import warnings
@@ -739,6 +740,39 @@ class CountsCalls(nn.Module):
 def test_an_integer_buffer_forward_updates_still_converts():
     model = jaxjac.convert(CountsCalls().eval(), torch.randn(2, 1, 8))
     assert model.metadata["check"]["passed"]
+
+
+class StreamsState(nn.Module):
+    """Carries its last steps to the next call, as pytorch-tcn's `TCN.inference` does with `self.buffer`."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.conv = how, nn.Conv1d(2, 3, 3)
+        self.register_buffer("carried", torch.randn(1, 2, 2))
+
+    def forward(self, x):
+        x = torch.cat([self.carried, x], -1)
+        if self.how == "reassigns":
+            self.carried = x[..., -2:]
+        else:
+            self.carried.copy_(x[..., -2:].detach())
+        return self.conv(x).flatten(1)
+
+
+@pytest.mark.parametrize("how", ["reassigns", "copies-into"])
+def test_a_forward_that_changes_its_state_is_converted_and_checked_from_the_state_at_conversion(how):
+    torch.manual_seed(0)
+    net, x = StreamsState(how).double().eval(), torch.randn(1, 2, 8, dtype=torch.float64)
+    carried, value = net.carried, net.carried.clone()
+    first_call = copy.deepcopy(net)
+    with jax.enable_x64(True), pytest.warns(UserWarning, match=r"forward changes the model's state .*`carried`"):
+        model = jaxjac.convert(net, x, dtype="float64")
+        assert model.metadata["check"]["passed"]
+        got = jaxjac.jacobian(model, x.numpy())
+    # The user's model is handed back as it came, with no autograd history for a later convert to trip on.
+    assert net.carried is carried and torch.equal(net.carried, value) and net.carried.grad_fn is None
+    expected = torch.autograd.functional.jacobian(first_call, x)[0, :, 0]
+    np.testing.assert_allclose(got[0], expected, rtol=1e-12, atol=1e-14)
 
 
 class ReadsTopPeriod(nn.Module):
