@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,10 @@ HOST_BATCH_BYTES = 24 << 20
 # rows, 27 MiB; 1,918 at 128, 54 MiB), while 256 rows for every model cost up to a third.
 CPU_BATCH_BYTES = 32 << 20
 CPU_BATCH_RANGE = (8, 512)
-_CPU_PROBE = 64  # rows of the CPU probe: per sample, 16 rows' temporaries run 3-8% above larger batches'
+# The share of the host's memory one CPU batch's temporaries may take.
+_HOST_FRACTION = 0.5
+_CPU_PROBE = 64
+_SMALL_RESULTS = 16 << 20  # rows of the CPU probe: per sample, 16 rows' temporaries run 3-8% above larger batches'
 
 
 def default_cache_dir() -> Path:
@@ -89,7 +93,7 @@ def library_batch_size(
     per sample.
     """
     target = "predicted" if isinstance(target, np.ndarray) else target
-    if _one_small_cpu_batch(n_rows):
+    if _one_small_cpu_batch(model, target, n_rows):
         return _rows_per_call(n_rows)
     # The graph and tensor shapes too: models of one input and output shape differ in everything else.
     key = (
@@ -130,18 +134,32 @@ def attribution_batch_size(model: ConvertedModel, options: AttributionOptions, n
     return _power_of_two_per_device(max(rows // jax.device_count() // options.draws, 1))
 
 
+def _host_memory() -> int | None:
+    """The host's physical memory in bytes, where the system says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+
+
 def memory_limit(device: jax.Device) -> int | None:
     """The bytes of memory `device` may allocate, or `None` where there is no such limit (CPUs)."""
     return (device.memory_stats() or {}).get("bytes_limit")
 
 
-def _one_small_cpu_batch(n_rows: int) -> bool:
-    """Whether `n_rows` run on CPUs as one batch no larger than the CPU probe.
+def _one_small_cpu_batch(model: ConvertedModel, target: Any, n_rows: int) -> bool:
+    """Whether `n_rows` run on CPUs as one batch no larger than the CPU probe, with small results.
 
     Then the probe compilation would cost more than any batch size could
-    save: a second or two against milliseconds of work.
+    save: a second or two against milliseconds of work. Large results
+    (`_SMALL_RESULTS`) mean large temporaries, which a probe measures: 8
+    samples of a float64 sequence-to-sequence model with 1024 outputs need
+    tens of GB.
     """
-    return memory_limit(jax.local_devices()[0]) is None and _rows_per_device(n_rows) <= _CPU_PROBE
+    rows_per_sample = model.n_outputs if isinstance(target, str) and target == "all" else 1
+    results = _rows_per_call(n_rows) * rows_per_sample * math.prod(model.sample_shape) * np.dtype(model.dtype).itemsize
+    on_cpu = memory_limit(jax.local_devices()[0]) is None
+    return on_cpu and _rows_per_device(n_rows) <= _CPU_PROBE and results <= _SMALL_RESULTS
 
 
 def _rows_per_device(n_rows: int) -> int:
@@ -171,13 +189,15 @@ def auto_batch_size(
 
     On CPUs: the largest whose temporaries stay within `CPU_BATCH_BYTES`
     (shared by the host's devices), within `CPU_BATCH_RANGE`, since larger
-    batches run slower once their working set leaves the caches.
+    batches run slower once their working set leaves the caches; below that
+    range where its smallest batch's temporaries would take more than half
+    the host's memory.
 
     Never more rows per device than `n_rows` needs (rounded up to a power of
-    two); on CPUs, `n_rows` within one probe-sized batch take that batch
-    without a probe.
+    two); on CPUs, `n_rows` within one probe-sized batch, with small results,
+    take that batch without a probe.
     """
-    if _one_small_cpu_batch(n_rows):
+    if _one_small_cpu_batch(model, target, n_rows):
         return _rows_per_call(n_rows)
     check_dtype_enabled(model.spec)  # the probe compiles in the model's dtype
     core, tensors = batch_jacobian_core(model, target=target, output=output, method=method, precision=precision)
@@ -203,7 +223,10 @@ def auto_batch_size(
         per_device = min(per_device, _MAX_BATCH, max(int(host_rows), 256))
     else:
         low, high = CPU_BATCH_RANGE
-        # Devices of one host share its caches.
-        budget = CPU_BATCH_BYTES / len(devices)
-        per_device = min(max(int(budget // max(temp_bytes / probe, 1.0)), low), high)
+        # Devices of one host share its caches, and its memory.
+        per_sample = max(temp_bytes / probe, 1.0)
+        per_device = min(max(int(CPU_BATCH_BYTES / len(devices) // per_sample), low), high)
+        host = _host_memory()
+        if host is not None:  # below CPU_BATCH_RANGE where `low` rows would not fit (float64, 1024 outputs)
+            per_device = max(min(per_device, int(_HOST_FRACTION * host / len(devices) // per_sample)), 1)
     return _power_of_two_per_device(min(per_device, _rows_per_call(n_rows) // jax.device_count()))

@@ -124,9 +124,10 @@ def jacobian(
       as `jaxjac jacobian --batch-size auto`: on GPUs and TPUs the largest
       that fits the device's memory while one batch of results stays within
       24 MiB on the host; on CPUs the largest whose working set stays within
-      32 MiB, so in cache (8 to 512 rows). Sizing compiles a probe once per
-      model and options, except on CPUs for up to 64 rows, which run as one
-      batch.
+      32 MiB, so in cache (8 to 512 rows; fewer where 8 would take half the
+      host's memory). Sizing compiles a probe once per model and options,
+      except on CPUs for up to 64 rows of small results (16 MiB), which run
+      as one batch.
     - `method`, `precision`: see `jacobian_fn`.
 
     **Returns:** a numpy array `(N, K, *sample_shape)` for ``target="all"``,

@@ -242,3 +242,21 @@ def test_a_progress_bar_on_a_terminal_and_one_summary_line_elsewhere(artifact, t
         assert "sample/s" not in err and "300/300" not in err, err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and re.match(r"jaxjac: computed 300 rows in .* samples/s", lines[0]), err
+
+
+def test_xla_running_out_of_memory_is_one_line_that_tells_the_fix(artifact, tmp_path, capsys, cache, monkeypatch):
+    import jax
+
+    import jaxjac._run
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 40.00GiB.")
+
+    monkeypatch.setattr(jaxjac._run, "run_jacobian", exhausted)
+    make_data(tmp_path / "X.npy", 6)
+    argv = ["jacobian", artifact, str(tmp_path / "X.npy"), "-o", str(tmp_path / "J.npy"), *cache]
+    assert main(argv) == 2
+    message = one_error_line(capsys.readouterr().err)
+    assert re.search(r"out of memory: XLA could not allocate .*40\.00GiB.*pass a smaller --batch-size", message)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        main([*argv, "--force", "--debug"])

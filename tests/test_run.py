@@ -295,6 +295,28 @@ def test_auto_batch_size_on_cpu_keeps_the_working_set_within_the_cache_budget(mo
     assert _auto(model, target=target) == _batching.CPU_BATCH_RANGE[1]
 
 
+def test_auto_batch_size_on_cpu_goes_below_its_range_where_that_would_not_fit_half_the_host_memory(model, monkeypatch):
+    from jaxjac import _batching
+
+    monkeypatch.setattr(_batching, "CPU_BATCH_BYTES", 1)  # the range's floor, 8 rows, as for a huge float64 model
+    per_row = _temp_bytes(model, 64) / 64
+    monkeypatch.setattr(_batching, "_host_memory", lambda: int(2 * 3.5 * per_row))  # half of it holds 3 rows
+    assert _auto(model) == 2
+    monkeypatch.setattr(_batching, "_host_memory", lambda: 1)
+    assert _auto(model) == 1
+
+
+def test_small_data_with_large_results_is_probed_rather_than_run_as_one_batch(model, monkeypatch):
+    from jaxjac import _batching
+
+    row_bytes = model.n_outputs * int(np.prod(model.sample_shape)) * np.dtype(model.dtype).itemsize
+    monkeypatch.setattr(_batching, "_SMALL_RESULTS", 8 * row_bytes)  # as 1024 float64 rows of 512 steps are
+    monkeypatch.setattr(_batching, "_host_memory", lambda: int(2 * 4.5 * _temp_bytes(model, 64) / 64))
+    assert _auto(model, n_rows=8) == 8  # results within the bound: one batch
+    assert _auto(model, n_rows=16) == 4  # beyond it: probed, and half the host holds 4 rows
+    assert _auto(model, n_rows=16, target="predicted") == 16  # one row per sample: small results
+
+
 def test_auto_batch_size_on_accelerators_keeps_a_batch_of_results_within_the_host_budget(model, monkeypatch):
     from jaxjac import _batching
 

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
-from .._errors import ConversionCheckError, JaxjacError
+from .._errors import ConversionCheckError, JaxjacError, first_line
 from ._common import print_error
 
 # Subcommand modules, in the order `jaxjac --help` lists them. A name whose
@@ -142,6 +142,19 @@ def _run(modules: dict[str, ModuleType], args: argparse.Namespace, debug: bool) 
             raise
         print_error("out of memory: the inputs or --batch-size / --input-shape are too large for this machine")
         return 2
+    except Exception as error:
+        if debug or not _xla_out_of_memory(error):
+            raise
+        print_error(
+            f"out of memory: XLA could not allocate what one batch needs ({first_line(error)[:200]}); "
+            "pass a smaller --batch-size"
+        )
+        return 2
+
+
+def _xla_out_of_memory(error: Exception) -> bool:
+    """Whether `error` is XLA's failure to allocate on a device (JAX raises it as a runtime error)."""
+    return type(error).__name__ in {"JaxRuntimeError", "XlaRuntimeError"} and "RESOURCE_EXHAUSTED" in str(error)
 
 
 if __name__ == "__main__":
