@@ -107,6 +107,8 @@ class KnownValues:
             with _disable_current_modes():
                 real_result = real_func(*real_args, **real_kwargs)
         except Exception:  # noqa: BLE001  (a value not known is only a read-back that still fails, as before)
+            if _mutates(func, kwargs):
+                self._values.clear()
             return
         traced_leaves, _ = tree_flatten(result)
         real_leaves, _ = tree_flatten(real_result)

@@ -663,13 +663,31 @@ class DimsFromTheData(nn.Module):
         return h.mean(dim=[1 + d for d in dims])
 
 
+class CountsIntoAFilledTensor(nn.Module):
+    """Writes a count of the data into a tensor filled with zeros: its values are no longer known."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3)
+
+    def forward(self, x):
+        counts = torch.zeros(3, dtype=torch.long)
+        view = counts[:2]
+        view[0] = (x > 0).sum()  # through a view of the filled tensor
+        return self.conv(x)[..., : int(counts.max())]
+
+
 @pytest.mark.parametrize(
     ("net", "where"),
     [
         (lambda: BranchesOnData(), r"test_convert_api\.py:\d+ \(in forward\)"),
         (lambda: DimsFromTheData(), r"test_convert_api\.py:\d+ \(return h\.mean\(dim=\[1 \+ d for d in dims\]\)\)"),
+        (
+            lambda: CountsIntoAFilledTensor(),
+            r"test_convert_api\.py:\d+ \(return self\.conv\(x\)\[\.\.\., : int\(counts\.max\(\)\)\]\)",
+        ),
     ],
-    ids=["branch", "dims"],
+    ids=["branch", "dims", "filled-then-written-from-data"],
 )
 def test_a_data_dependent_trace_names_the_line_that_reads_values(net, where):
     with pytest.raises(jaxjac.JaxjacError, match=rf"data-dependent .* at {where} \(forward reads") as e:
