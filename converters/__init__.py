@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     scalar,
     shape,
     sorting,
+    special,
     spectral,
 )
 from .registry import lookup as lookup

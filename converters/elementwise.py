@@ -36,7 +36,7 @@ def _is_exact(x: Operand) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.integer) or jnp.result_type(x) == jnp.bool_
 
 
-def _as_float(x: Operand) -> Operand:
+def as_float(x: Operand) -> Operand:
     """`x` unchanged if it is floating, else a weakly typed float copy (torch's int -> float promotion)."""
     if isinstance(x, float):
         return x
@@ -54,9 +54,9 @@ def _float_scalar_promotes(a: Operand, b: Operand) -> tuple[Operand, Operand]:
     is float32 for a float32 `y`), where JAX would promote both.
     """
     if isinstance(b, float) and not isinstance(a, bool | int) and _is_exact(a):
-        a = _as_float(a)
+        a = as_float(a)
     if isinstance(a, float) and not isinstance(b, bool | int) and _is_exact(b):
-        b = _as_float(b)
+        b = as_float(b)
     return _narrowed_to_dimensioned(a, b), _narrowed_to_dimensioned(b, a)
 
 
@@ -69,11 +69,11 @@ def _narrowed_to_dimensioned(x: Operand, other: Operand) -> Operand:
     return x
 
 
-def _unary_float(fn):
+def unary_float(fn):
     """Wrap a float-only `jnp` function so that it promotes integer inputs first."""
 
     def lowering(x):
-        return fn(_as_float(x))
+        return fn(as_float(x))
 
     lowering.__name__ = lowering.__qualname__ = getattr(fn, "__name__", "unary")
     lowering.__doc__ = f"torch's `{lowering.__name__}`, elementwise; integer inputs become float."
@@ -136,7 +136,7 @@ def mul(a: Operand, b: Operand) -> Operand:
 def _true_divide(a: Operand, b: Operand) -> Operand:
     # torch's true division of two integer operands gives a float.
     if _is_exact(a) and _is_exact(b):
-        a = _as_float(a)
+        a = as_float(a)
     a, b = _float_scalar_promotes(a, b)
     return a / b
 
@@ -184,7 +184,7 @@ def fmod(a: Operand, b: Operand) -> Operand:
 def pow_(a: Operand, b: Operand) -> Operand:
     """`a ** b`; an integer tensor raised to a float becomes float, as in torch."""
     if isinstance(b, float) and _is_exact(a):
-        a = _as_float(a)
+        a = as_float(a)
     if isinstance(b, float) and b.is_integer() and not isinstance(a, float):
         # x ** 2.0 from a decomposition: integer_pow is exact and its gradient
         # at x = 0 is finite, like torch's.
@@ -219,13 +219,13 @@ def sign(x: Operand) -> Operand:
 @register("aten.reciprocal.default")
 def reciprocal(x: Operand) -> Operand:
     """`1 / x`; integers become float."""
-    return 1.0 / _as_float(x)
+    return 1.0 / as_float(x)
 
 
 @register("aten.rsqrt.default")
 def rsqrt(x: Operand) -> Operand:
     """`1 / sqrt(x)`; integers become float."""
-    return lax.rsqrt(_as_float(x))
+    return lax.rsqrt(as_float(x))
 
 
 def _saturate(y: Array) -> Array:
@@ -286,13 +286,13 @@ for _op, _fn in {
     "erfc": jax.scipy.special.erfc,
     "erfinv": jax.scipy.special.erfinv,
 }.items():
-    register(f"aten.{_op}.default")(_unary_float(_fn))
+    register(f"aten.{_op}.default")(unary_float(_fn))
 
 
 @register("aten.sinc.default")
 def sinc(x: Operand) -> Operand:
     """`sin(pi x) / (pi x)`, 1 at 0, with torch's derivative 0 there (`jnp.sinc` gives NaN)."""
-    x = _as_float(x)
+    x = as_float(x)
     zero = x == 0
     safe = jnp.where(zero, jnp.ones_like(x), x) * jnp.pi
     return jnp.where(zero, jnp.ones_like(x), jnp.sin(safe) / safe)
@@ -301,7 +301,7 @@ def sinc(x: Operand) -> Operand:
 @register("aten.atan2.default")
 def atan2(a: Operand, b: Operand) -> Operand:
     """The angle of `(b, a)`, elementwise."""
-    return jnp.arctan2(_as_float(a), _as_float(b))
+    return jnp.arctan2(as_float(a), as_float(b))
 
 
 @register("aten.hypot.default")

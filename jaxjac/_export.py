@@ -85,6 +85,7 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         torch.enable_grad(),
         _quiet_export(),
         _causal_masks_taken_as_given(),
+        _distribution_arguments_unvalidated(),
         _custom_backwards_noted(),
         _RealConstants(),
     ):
@@ -431,6 +432,24 @@ def _causal_masks_taken_as_given() -> Iterator[None]:
         yield
     finally:
         transformer._detect_is_causal_mask = detect
+
+
+@contextlib.contextmanager
+def _distribution_arguments_unvalidated() -> Iterator[None]:
+    """torch.distributions skips checking its arguments in the block, as after `set_default_validate_args(False)`.
+
+    The check (`if not constraint.check(scale).all(): raise`) reads the
+    data's values, so it cannot be traced: transformers' TimeSeriesTransformer
+    builds its output distribution in forward. It computes nothing the
+    outputs depend on, and the conversion's check runs torch with it on.
+    """
+    distribution = torch.distributions.Distribution
+    validating = distribution._validate_args
+    distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        distribution.set_default_validate_args(validating)
 
 
 # Factories whose tensors a forward reads back as Python numbers, such as the

@@ -550,6 +550,30 @@ def test_a_packed_sequence_is_named_as_the_cause_with_the_fix(rnn):
         jaxjac.convert(RunsAPackedSequence(rnn).eval(), torch.randn(2, 5, 6))
 
 
+class PredictsADistribution(nn.Module):
+    """Builds its output distribution in forward, as transformers' TimeSeriesTransformer does; torch validates its arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 6)
+
+    def forward(self, x):
+        h = self.linear(x[:, 0])
+        positive = F.softplus(h[:, ::2]) + 2
+        t = torch.distributions.StudentT(positive[:, 0], h[:, 1], positive[:, 1], validate_args=None)
+        return torch.stack([t.mean, t.entropy(), torch.distributions.Normal(h[:, 3], positive[:, 2]).stddev], 1)
+
+
+def test_a_distribution_built_in_forward_converts_its_argument_checks_left_to_torch():
+    net, x = PredictsADistribution().double().eval(), torch.randn(3, 1, 16, dtype=torch.float64)
+    with jax.enable_x64(True):
+        model = jaxjac.convert(net, x, dtype="float64")
+        expected = np.stack([torch.autograd.functional.jacobian(net, x[i : i + 1])[0, :, 0] for i in range(3)])
+        # The entropy's derivative takes trigamma, where torch's float64 is 4e-10 off scipy's and JAX's.
+        np.testing.assert_allclose(jaxjac.jacobian(model, x.numpy()), expected, rtol=1e-8, atol=1e-14)
+    assert torch.distributions.Distribution._validate_args  # torch's default is back
+
+
 class DimsFromATensor(nn.Module):
     """A global layer norm whose dims come from a tensor, as asteroid's gLN computes them."""
 

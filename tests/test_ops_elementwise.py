@@ -96,6 +96,24 @@ POINTWISE = {
         + x * torch.bucketize(x.detach(), torch.tensor([-1.0, 0.25]), right=True, out_int32=True)
     ),
     "erf-hypot": lambda x, b: torch.erf(x) + torch.erfc(x) + torch.special.erfinv(0.3 * x) + torch.hypot(x, b),
+    "gamma-family": lambda x, b: (
+        torch.lgamma(x.abs() + 0.5)
+        + torch.digamma(x.abs() + 0.5)
+        + torch.polygamma(1, x.abs() + 0.5)
+        + torch.polygamma(2, b + 1)
+        + torch.mvlgamma(x.abs() + 2, 2)
+        + torch.lgamma(_int_positions() + 3) * x
+    ),
+    "bessel-ndtri": lambda x, b: (
+        torch.special.i0(x)
+        + torch.special.i0e(x * b)
+        + torch.special.i1(x)
+        + torch.special.i1e(3 * x)
+        + torch.special.ndtri(torch.sigmoid(x))
+        # torch has no derivative of zeta: its value only.
+        + x * torch.special.zeta(x.detach().abs() + 2, b.detach().abs() + 1)
+        + x * torch.special.zeta(3.0, b.detach().abs() + 1)
+    ),
     "minimum-maximum": lambda x, b: torch.maximum(x, b - 1) + torch.minimum(x, 0.5 - b),
     "fmax-fmin": lambda x, b: (
         torch.fmax(x, b - 1)
