@@ -264,6 +264,13 @@ def index_put(
     return ref.add(values) if accumulate else ref.set(values)
 
 
+@register("jaxjac.masked_operand")
+def masked_operand(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """`x` where `mask` holds; elsewhere, without gradient, `x` at the first position it holds (see `jaxjac._masked_regions`)."""
+    first = x.reshape(-1)[jnp.argmax(mask.reshape(-1))]
+    return jnp.where(mask, x, lax.stop_gradient(first))
+
+
 def _traced_mask(x: jax.Array, indices: Sequence[jax.Array | None]) -> jax.Array | None:
     """The one traced boolean index of `indices`, broadcast against `x`; None for any other indexing.
 

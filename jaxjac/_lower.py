@@ -14,6 +14,7 @@ import torch
 from ._errors import JaxjacError
 from ._graph import DType, Graph, Node, Ref
 from ._interpret import check_supported, complex_dtype
+from ._masked_regions import rewrite_masked_assignments
 
 # Arguments that say where or how torch lays out memory: meaningless in JAX.
 _PLACEMENT_KWARGS = frozenset({"device", "layout", "pin_memory", "memory_format", "non_blocking"})
@@ -78,6 +79,7 @@ def lower_program(
     Raises `UnsupportedOpError` for an op with no lowering, naming the op and
     the torch module it came from.
     """
+    rewrite_masked_assignments(program.graph)
     signature = program.graph_signature
     refs: dict[str, Any] = {}
     dropped: set[str] = set()  # effect tokens and the nodes that only pass them on

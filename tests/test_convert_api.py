@@ -1122,3 +1122,41 @@ def test_assigning_through_a_bool_mask_converts(by, dtype):
     # A mask of the input selects a shape JAX cannot know, but one value assigned to
     # it is a select; a constant mask's positions are known while traced.
     assert_converts(CleansByMask(by), (1, 8), dtype, n=4)
+
+
+class ComputesOnMaskedPositions(nn.Module):
+    """`y[mask] = f(x[mask])` with `f` elementwise: a guarded log, a StudentT's variance, a scale from the input."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.linear = how, nn.Linear(8, 6)
+
+    def forward(self, x):
+        h = self.linear(x[:, 0])
+        if self.how == "guarded-log":
+            out = h.clone()
+            out[h > 0] = torch.log(h[h > 0]) * h[h > 0] / (h[h > 0] + 1)
+            return out
+        if self.how == "student-t-variance":  # the mask computed afresh for each use; inf and NaN assigned
+            df, scale = F.softplus(h[:, :3]) * 3, F.softplus(h[:, 3:])
+            return torch.distributions.StudentT(df, h[:, :3], scale).variance
+        if self.how == "scaled-by-a-0-dim-tensor":
+            out = torch.zeros_like(h)
+            out[h.abs() < 0.5] = torch.sqrt(0.5 - h.abs()[h.abs() < 0.5]) * h.mean()
+            return out
+        out = h.clone()  # "used-whole": the selection's length is needed
+        out[h > 0] = h[h > 0] / h[h > 0].sum()
+        return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("how", ["guarded-log", "student-t-variance", "scaled-by-a-0-dim-tensor"])
+def test_computing_on_the_positions_a_mask_selects_converts(how, dtype):
+    # The selection's length depends on the data; computed at every position and kept where
+    # the mask holds, the numbers are the same, and the positions left out stay finite.
+    assert_converts(ComputesOnMaskedPositions(how), (1, 8), dtype, n=6)
+
+
+def test_a_masked_selection_used_whole_is_still_refused():
+    with pytest.raises(jaxjac.UnsupportedOpError, match=r"shape depend on the input's values"):
+        jaxjac.convert(ComputesOnMaskedPositions("used-whole").eval(), torch.randn(2, 1, 8))
