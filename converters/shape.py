@@ -321,8 +321,25 @@ def _scatter(x: jax.Array, dim: int, index: jax.Array, src: jax.Array | float, r
     if reduce in ("add", "sum"):
         return ref.add(src)
     if reduce in ("multiply", "prod"):
-        return ref.multiply(src)
+        return _scatter_prod(x, dim, index, src, include_self=True)
     raise NotImplementedError(f"scatter reduce={reduce!r} is not supported; expected 'add' or 'multiply'")
+
+
+def _scatter_prod(x: jax.Array, dim: int, index: jax.Array, src: jax.Array, include_self: bool) -> jax.Array:
+    """`x` times, at each position `index` reaches along `dim`, the `src` values sent there.
+
+    A product over a one-hot expansion of `index`, `(..., J, T)`: JAX
+    differentiates a scatter-multiply only where indices are unique.
+    """
+    src = jnp.broadcast_to(jnp.asarray(src, x.dtype), index.shape)
+    index, src = jnp.moveaxis(index, dim, -1), jnp.moveaxis(src, dim, -1)
+    onehot = index[..., :, None] == jnp.arange(x.shape[dim])
+    products = jnp.prod(jnp.where(onehot, src[..., :, None], jnp.ones((), x.dtype)), axis=-2)
+    reached = onehot.any(-2)
+    region = tuple(slice(0, n) for n in index.shape[:-1])  # the other axes index covers, `dim` last
+    part = jnp.moveaxis(x, dim, -1)[region]
+    part = jnp.where(reached, (part if include_self else 1) * products, part)
+    return jnp.moveaxis(jnp.moveaxis(x, dim, -1).at[region].set(part), -1, dim)
 
 
 @register("aten.scatter.src", "aten.scatter.value")
@@ -335,6 +352,58 @@ def scatter(x: jax.Array, dim: int, index: jax.Array, src: jax.Array | float) ->
 def scatter_reduce_legacy(x: jax.Array, dim: int, index: jax.Array, src: jax.Array | float, reduce: str) -> jax.Array:
     """`scatter` that adds or multiplies into `x` instead of overwriting."""
     return _scatter(x, dim, index, src, reduce)
+
+
+@register("aten.scatter_reduce.two")
+def scatter_reduce(
+    x: jax.Array, dim: int, index: jax.Array, src: jax.Array, reduce: str, include_self: bool = True
+) -> jax.Array:
+    """`x` with `src[i][j]` reduced into `x[i][index[i][j]]` (for `dim=1`) by sum, prod, mean, amax or amin.
+
+    Without `include_self`, the positions `index` reaches reduce `src` alone.
+    amax and amin share the gradient evenly among the values equal to the
+    result, as torch's backward does.
+    """
+    if x.ndim == 0:
+        return scatter_reduce(x.reshape(1), 0, index.reshape(-1), src.reshape(-1), reduce, include_self).reshape(())
+    dim = dim % x.ndim
+    src = src[tuple(slice(0, n) for n in index.shape)].astype(x.dtype)
+    grid = _grid(index, dim)
+    counts_self = jnp.ones(x.shape, bool) if include_self else ~jnp.zeros(x.shape, bool).at[grid].set(True)
+    if reduce == "sum":
+        return jnp.where(counts_self, x, 0).at[grid].add(src)
+    if reduce == "prod":
+        return _scatter_prod(x, dim, index, src, include_self)
+    if reduce == "mean":
+        total = jnp.where(counts_self, x, 0).at[grid].add(src)
+        count = counts_self.astype(x.dtype).at[grid].add(1)
+        return total / count if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.floor_divide(total, count)
+    if reduce not in ("amax", "amin"):
+        raise NotImplementedError(f"scatter_reduce reduce={reduce!r}; expected sum, prod, mean, amax or amin")
+    largest = reduce == "amax"
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        fill = -jnp.inf if largest else jnp.inf
+    else:
+        info = jnp.iinfo(x.dtype)
+        fill = info.min if largest else info.max
+    base = jnp.where(counts_self, x, jnp.asarray(fill, x.dtype)).at[grid]
+    result = lax.stop_gradient(base.max(src) if largest else base.min(src))
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return result
+    self_is, src_is = counts_self & (x == result), src == result[grid]
+    ties = self_is.astype(x.dtype).at[grid].add(src_is.astype(x.dtype))
+    tied = jnp.where(self_is, x, 0).at[grid].add(jnp.where(src_is, src, 0))
+    # The result's value, with the gradient of the mean of the values that equal it.
+    return result + (tied - lax.stop_gradient(tied)) / jnp.where(ties > 0, ties, 1)
+
+
+@register("aten.masked_scatter.default")
+def masked_scatter(x: jax.Array, mask: jax.Array, source: jax.Array) -> jax.Array:
+    """`x` with the positions `mask` holds filled, in order, by the leading elements of `source`."""
+    shape = jnp.broadcast_shapes(x.shape, mask.shape)
+    x, mask = jnp.broadcast_to(x, shape), jnp.broadcast_to(mask, shape)
+    taken = jnp.clip(jnp.cumsum(mask.reshape(-1)) - 1, 0, max(source.size - 1, 0))
+    return jnp.where(mask, source.reshape(-1)[taken].reshape(shape).astype(x.dtype), x)
 
 
 @register("aten.scatter_add.default")

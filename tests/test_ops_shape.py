@@ -124,6 +124,19 @@ CASES: dict[str, tuple] = {
     "scatter-value": c("scatter.value", f64(3, 5), 0, ints([0, 2, 1]), 7.5),
     "scatter-add-repeats": c("scatter_add.default", f64(3, 5), 1, ints([0, 0, 4], [1, 1, 1]), f64(2, 3)),
     "scatter-reduce-multiply": c("scatter.reduce", f64(3, 5), 1, ints([0, 0], [3, 3]), f64(2, 2), reduce="multiply"),
+    "scatter-reduce-mean": c("scatter_reduce.two", f64(3, 5), 1, ints([0, 0, 4], [1, 1, 1]), f64(2, 3), "mean"),
+    "scatter-reduce-amax-alone": c(
+        "scatter_reduce.two", f64(3, 5), 1, ints([0, 0, 4], [1, 3, 1]), f64(2, 3), "amax", include_self=False
+    ),
+    "scatter-reduce-amin": c("scatter_reduce.two", f64(3, 5), 0, ints([0, 2], [2, 2]), f64(2, 2), "amin"),
+    "scatter-reduce-prod-alone": c(
+        "scatter_reduce.two", f64(3, 5), 1, ints([0, 0], [3, 3]), f64(2, 2), "prod", include_self=False
+    ),
+    "scatter-reduce-sum-int": c("scatter_reduce.two", ints(1, 2, 3), 0, ints(0, 0, 2), ints(5, 6, 7), "sum"),
+    "scatter-reduce-mean-int": c("scatter_reduce.two", ints(1, 2, 3), 0, ints(0, 0, 2), ints(5, 6, 7), "mean"),
+    "masked-scatter-broadcast": c(
+        "masked_scatter.default", f64(3, 4), torch.tensor([True, False, False, True]), f64(4, 3)
+    ),
     "embedding": c("embedding.default", f64(5, 3), ints([0, 4, 4], [1, 2, 3])),
     # Joining, splitting, padding.
     "cat-mixed-int-float": c("cat.default", [ints(1, 2), torch.tensor([0.5], dtype=torch.float64)]),

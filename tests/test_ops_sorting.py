@@ -19,6 +19,8 @@ DTYPES = ("float32", "float64")
 C, L = 3, 8
 
 
+_BUCKETS = torch.tensor([0, 2, 2, 0, 3, 3, 3, 0])  # bucket 1 is reached by no step
+
 CASES = {
     "sort": lambda x: torch.sort(x, dim=-1)[0] * torch.arange(L),
     "sort-descending-dim1": lambda x: torch.sort(x, dim=1, descending=True)[0][:, :2],
@@ -37,6 +39,17 @@ CASES = {
     "cummin-dim1": lambda x: torch.cummin(x, dim=1)[0],
     "cumprod": lambda x: torch.cumprod(x, dim=-1),
     "logcumsumexp": lambda x: torch.logcumsumexp(x, dim=-1),
+    # Segment reductions: `scatter_reduce` of the time steps into buckets, with and without the base.
+    **{
+        f"scatter-reduce-{reduce}{'' if include_self else '-alone'}": (
+            lambda x, reduce=reduce, include_self=include_self: torch.ones(1, C, 4, dtype=x.dtype).scatter_reduce(
+                -1, _BUCKETS.expand(1, C, L), x, reduce, include_self=include_self
+            )
+        )
+        for reduce in ("sum", "prod", "mean", "amax", "amin")
+        for include_self in (True, False)
+    },
+    "masked-scatter": lambda x: torch.zeros_like(x).masked_scatter(torch.arange(L) % 3 == 0, x.flip(-1) * 2),
 }
 
 
@@ -60,6 +73,17 @@ NANS = np.array([[[1.0, np.nan, 3.0, -1.0, np.nan, 0.5, 4.0, 2.0]]])
         ("cummax", lambda x: torch.cummax(x, dim=-1)[0]),
         ("cummin", lambda x: torch.cummin(-x, dim=-1)[0]),
         ("median-all", lambda x: x.median().reshape(1)),
+        # The gradient shared evenly among the values equal to the maximum: the base's too.
+        (
+            "scatter-amax",
+            lambda x: torch.full((1, 1, 3), 3.0, dtype=x.dtype).scatter_reduce(
+                -1, _BUCKETS[None, None, :3] // 2 + 1, x[..., :3] * 0 + x[..., 1:2], "amax"
+            ),
+        ),
+        (
+            "scatter-amin-alone",
+            lambda x: x.new_zeros(1, 1, 4).scatter_reduce(-1, _BUCKETS[None, None], x, "amin", include_self=False),
+        ),
     ],
 )
 def test_ties_follow_torch(name: str, fn) -> None:
