@@ -1,4 +1,4 @@
-"""Order statistics: sort, topk, median, kthvalue, and running extrema.
+"""Order statistics: sort, topk, median, kthvalue, mode, and running extrema.
 
 Values are gathered from the input at the indices the op returns, so the
 gradient goes to those positions, as torch's backward sends it. Order follows
@@ -77,6 +77,29 @@ def _kth(x: Array, position: Array | int, dim: int, keepdim: bool) -> tuple[Arra
 def kthvalue(x: Array, k: int, dim: int = -1, keepdim: bool = False) -> tuple[Array, Array]:
     """`(values, indices)` of the `k`-th smallest entry (1-based) along `dim`."""
     return _kth(x, k - 1, dim, keepdim)
+
+
+@register("aten.mode.default")
+def mode(x: Array, dim: int = -1, keepdim: bool = False) -> tuple[Array, Array]:
+    """`(values, indices)` of the most frequent entry along `dim`: the smallest of several, at its last position.
+
+    Counts compare every pair of entries of a slice, `n**2` of them.
+    """
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int32)
+    axis = dim % x.ndim
+    moved = jnp.moveaxis(x, axis, -1)
+    counts = jnp.sum(moved[..., :, None] == moved[..., None, :], axis=-1)
+    frequent = counts == jnp.max(counts, axis=-1, keepdims=True)
+    top = jnp.array(jnp.inf if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.iinfo(x.dtype).max, x.dtype)
+    value = jnp.min(jnp.where(frequent, lax.stop_gradient(moved), top), axis=-1, keepdims=True)
+    n = moved.shape[-1]
+    last = n - 1 - jnp.argmax(jnp.flip(moved == value, -1), axis=-1, keepdims=True)
+    values = jnp.take_along_axis(moved, last, axis=-1)
+    values, last = jnp.moveaxis(values, -1, axis), jnp.moveaxis(last, -1, axis)
+    if not keepdim:
+        values, last = jnp.squeeze(values, axis), jnp.squeeze(last, axis)
+    return values, last
 
 
 @register("aten.median.dim")

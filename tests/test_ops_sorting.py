@@ -39,6 +39,7 @@ CASES = {
     "cummin-dim1": lambda x: torch.cummin(x, dim=1)[0],
     "cumprod": lambda x: torch.cumprod(x, dim=-1),
     "logcumsumexp": lambda x: torch.logcumsumexp(x, dim=-1),
+    "mode": lambda x: torch.mode(x, dim=-1).values + x.mode(1, keepdim=True)[0].sum(-1),
     # Segment reductions: `scatter_reduce` of the time steps into buckets, with and without the base.
     **{
         f"scatter-reduce-{reduce}{'' if include_self else '-alone'}": (
@@ -73,6 +74,9 @@ NANS = np.array([[[1.0, np.nan, 3.0, -1.0, np.nan, 0.5, 4.0, 2.0]]])
         ("cummax", lambda x: torch.cummax(x, dim=-1)[0]),
         ("cummin", lambda x: torch.cummin(-x, dim=-1)[0]),
         ("median-all", lambda x: x.median().reshape(1)),
+        ("mode", lambda x: torch.mode(x, -1).values * torch.mode(x, -1).indices + x.mode(0, keepdim=True)[0][0]),
+        ("mode-of-levels", lambda x: torch.round(x * 0.7).mode(-1).values + x.flip(-1).mode(-1).values),
+        ("mode-all-once", lambda x: x[..., 5:].mode(-1).values * x[..., 5:].mode(-1).indices),
         # The gradient shared evenly among the values equal to the maximum: the base's too.
         (
             "scatter-amax",
