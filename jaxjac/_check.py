@@ -47,7 +47,28 @@ def torch_outputs_and_jacobians(
 
     With `cotangents` `(R, K)`, the Jacobians are `cotangents @ J` instead,
     `(N, R, *sample_shape)`: R reverse passes per sample rather than K.
+
+    A forward whose in-place op overwrites a tensor its own gradient needs
+    (`std.add_(mu)` after `exp`, `x /= stdev` after a mean: MONAI's
+    VarAutoEncoder, neuralforecast's iTransformer) is run again with
+    torch's `allow_mutation_on_saved_tensors`, which saves a copy of such a
+    tensor before the op overwrites it.
     """
+    try:
+        return _torch_outputs_and_jacobians(net, x, output_index, cotangents)
+    except RuntimeError as error:
+        if _OVERWRITES_A_SAVED_TENSOR not in str(error):
+            raise
+    with torch.autograd.graph.allow_mutation_on_saved_tensors():
+        return _torch_outputs_and_jacobians(net, x, output_index, cotangents)
+
+
+_OVERWRITES_A_SAVED_TENSOR = "modified by an inplace operation"
+
+
+def _torch_outputs_and_jacobians(
+    net: torch.nn.Module, x: torch.Tensor, output_index: int | None, cotangents: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
 
     def forward(row: torch.Tensor) -> torch.Tensor:
         return output_of(net, row, output_index)
@@ -124,12 +145,12 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> tuple[float, flo
 
 def _why_torch_failed(error: RuntimeError) -> str:
     """What to do when torch itself cannot compute the check's reference."""
-    if "modified by an inplace operation" in str(error):
+    if _OVERWRITES_A_SAVED_TENSOR in str(error):
         # jaxjac's graph is functional: the in-place op is an ordinary one there.
         return (
-            "torch's autograd cannot differentiate this forward (an in-place op overwrites a tensor its gradient "
-            "needs, like `std.add_(mu)` after `exp`), so there is no torch reference to check against; make that op "
-            "out of place, or convert unchecked (check=False, --no-check): jaxjac computes it out of place"
+            "torch's autograd cannot differentiate this forward, even saving copies of the tensors its in-place "
+            "ops overwrite, so there is no torch reference to check against; make that op out of place, or "
+            "convert unchecked (check=False, --no-check): jaxjac computes it out of place"
         )
     if re.search(r"dtype|scalar type|Float|Double|Half", str(error)):
         return "If forward (or an exported .pt2 graph) fixes a dtype inside, convert in that dtype"
