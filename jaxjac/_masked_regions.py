@@ -128,7 +128,26 @@ def _same(a: object, b: object) -> bool:
 
 
 def _reads_size(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and node.target is torch.ops.aten.sym_size.int
+    """Whether `node` reads a length that only torch.export's own checks use (`u0 >= 0`, `Eq(u0, u1)`)."""
+    return node.op == "call_function" and node.target is torch.ops.aten.sym_size.int and _only_checks(node)
+
+
+_CHECKS = frozenset(
+    {
+        torch.ops.aten._assert_scalar.default,
+        torch.ops.aten.sym_constrain_range.default,
+        torch.ops.aten.sym_constrain_range_for_size.default,
+    }
+)
+
+
+def _only_checks(node: torch.fx.Node) -> bool:
+    """Whether all that uses `node` is arithmetic on lengths ending in torch.export's checks."""
+    for user in node.users:
+        arithmetic = user.op == "call_function" and getattr(user.target, "__module__", None) == "_operator"
+        if not (user.op == "call_function" and user.target in _CHECKS) and not (arithmetic and _only_checks(user)):
+            return False
+    return True
 
 
 def _drop_size_reads(graph: torch.fx.Graph, node: torch.fx.Node) -> None:

@@ -1149,9 +1149,13 @@ class ComputesOnMaskedPositions(nn.Module):
             out = torch.zeros_like(h)
             out[h.abs() < 0.5] = torch.sqrt(0.5 - h.abs()[h.abs() < 0.5]) * h.mean()
             return out
-        out = h.clone()  # "used-whole": the selection's length is needed
-        out[h > 0] = h[h > 0] / h[h > 0].sum()
-        return out
+        out = h.clone()
+        if self.how == "used-whole":  # the selection's length matters
+            out[h > 0] = h[h > 0] / h[h > 0].sum()
+            return out
+        selected = h[h > 0]  # "length-read": its length is read beside the assignment
+        out[h > 0] = torch.log(selected)
+        return out * selected.shape[0]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -1162,6 +1166,7 @@ def test_computing_on_the_positions_a_mask_selects_converts(how, dtype):
     assert_converts(ComputesOnMaskedPositions(how), (1, 8), dtype, n=6)
 
 
-def test_a_masked_selection_used_whole_is_still_refused():
+@pytest.mark.parametrize("how", ["used-whole", "length-read"])
+def test_a_masked_selection_whose_length_matters_is_still_refused(how):
     with pytest.raises(jaxjac.UnsupportedOpError, match=r"shape depend on the input's values"):
-        jaxjac.convert(ComputesOnMaskedPositions("used-whole").eval(), torch.randn(2, 1, 8))
+        jaxjac.convert(ComputesOnMaskedPositions(how).eval(), torch.randn(2, 1, 8))
