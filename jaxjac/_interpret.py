@@ -178,6 +178,8 @@ def run_graph(
                 raise
             except ModelError as error:
                 raise JaxjacError(f"{node.where()}: {first_line(error)}") from error
+            except jax.errors.NonConcreteBooleanIndexError as error:  # x[mask] for a mask of the data
+                raise UnsupportedOpError(node.op, node.where(), kind="data-dependent") from error
             except jax.errors.ConcretizationTypeError as error:  # a value read with .item() used as a size
                 raise JaxjacError(
                     f"ATen op `{node.op}` from {node.where()} takes a size or an index computed from the input's "

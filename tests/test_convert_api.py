@@ -1153,6 +1153,9 @@ class ComputesOnMaskedPositions(nn.Module):
         if self.how == "used-whole":  # the selection's length matters
             out[h > 0] = h[h > 0] / h[h > 0].sum()
             return out
+        if self.how == "centred-by-its-mean":  # a reduction of another selection, whose length matters
+            out[h > 0] = h[h > 0] - h[h > 0].mean()
+            return out
         selected = h[h > 0]  # "length-read": its length is read beside the assignment
         out[h > 0] = torch.log(selected)
         return out * selected.shape[0]
@@ -1166,7 +1169,7 @@ def test_computing_on_the_positions_a_mask_selects_converts(how, dtype):
     assert_converts(ComputesOnMaskedPositions(how), (1, 8), dtype, n=6)
 
 
-@pytest.mark.parametrize("how", ["used-whole", "length-read"])
+@pytest.mark.parametrize("how", ["used-whole", "length-read", "centred-by-its-mean"])
 def test_a_masked_selection_whose_length_matters_is_still_refused(how):
     with pytest.raises(jaxjac.UnsupportedOpError, match=r"shape depend on the input's values"):
         jaxjac.convert(ComputesOnMaskedPositions(how).eval(), torch.randn(2, 1, 8))
