@@ -1154,7 +1154,8 @@ class ComputesOnMaskedPositions(nn.Module):
             out[h > 0] = h[h > 0] / h[h > 0].sum()
             return out
         if self.how == "centred-by-its-mean":  # a reduction of another selection, whose length matters
-            out[h > 0] = h[h > 0] - h[h > 0].mean()
+            out, positive = torch.zeros_like(h), h > 0
+            out[positive] = h[positive] - h[positive].mean()
             return out
         selected = h[h > 0]  # "length-read": its length is read beside the assignment
         out[h > 0] = torch.log(selected)
