@@ -271,6 +271,18 @@ def masked_operand(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask, x, lax.stop_gradient(first))
 
 
+@register("jaxjac.masked_reduction")
+def masked_reduction(x: jax.Array, mask: jax.Array, kind: str, keepdim: bool = False) -> jax.Array:
+    """`x[mask]` reduced whole by `kind` (sum, mean, max or min), without selecting (see `jaxjac._masked_regions`)."""
+    if kind in ("sum", "mean"):
+        out = jnp.sum(jnp.where(mask, x, jnp.zeros((), x.dtype)))
+        out = out / jnp.sum(mask).astype(x.dtype) if kind == "mean" else out
+    else:
+        fill = jnp.asarray(-jnp.inf if kind == "max" else jnp.inf, x.dtype)
+        out = (jnp.max if kind == "max" else jnp.min)(jnp.where(mask, x, fill))
+    return out.reshape(1) if keepdim else out
+
+
 def _traced_mask(x: jax.Array, indices: Sequence[jax.Array | None]) -> jax.Array | None:
     """The one traced boolean index of `indices`, broadcast against `x`; None for any other indexing.
 

@@ -1,4 +1,4 @@
-"""`y[mask] = f(x[mask])` rewritten as `torch.where(mask, f(x), y)`, whose shapes do not depend on the mask.
+"""`y[mask] = f(x[mask])` as `torch.where(mask, f(x), y)`, and `x[mask].mean()` as a masked mean: shapes fixed by the input's.
 
 A forward that computes on the positions a mask selects and writes the result
 back (`out[x > 0] = torch.log(x[x > 0])`; torch.distributions' StudentT
@@ -9,14 +9,18 @@ elementwise, the same numbers come from computing at every position and
 keeping the selected ones. At the positions left out, each selection holds
 its value at the first selected position instead (`masked_operand`), a value
 the mask admits, so a guarded `log` or division stays finite there and so do
-the derivatives that `where` multiplies by zero.
+the derivatives that `where` multiplies by zero. A selection reduced whole
+(`x[m].mean()`, `.sum()`, `.max()`, `.amin()`) is reduced with the mask
+instead (`masked_reduction`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["masked_operand", "rewrite_masked_assignments"]
+__all__ = ["masked_operand", "masked_reduction", "rewrite_masked_assignments"]
 
 
 def masked_operand(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -33,11 +37,70 @@ _INDEX = torch.ops.aten.index.Tensor
 _INDEX_PUT = torch.ops.aten.index_put.default
 
 
+def masked_reduction(x: torch.Tensor, mask: torch.Tensor, kind: str, keepdim: bool = False) -> torch.Tensor:
+    """`x[mask]` reduced whole by `kind` (sum, mean, max or min), computed without selecting."""
+    out = getattr(x[mask], "amax" if kind == "max" else "amin" if kind == "min" else kind)()
+    return out.reshape(1) if keepdim else out
+
+
+masked_reduction.__module__, masked_reduction.__qualname__ = "jaxjac", "masked_reduction"
+
+# Reductions of a whole selection, which is 1-D: by name, with where their keepdim flag sits.
+_REDUCTIONS = {
+    torch.ops.aten.sum.default: ("sum", None),
+    torch.ops.aten.mean.default: ("mean", None),
+    torch.ops.aten.max.default: ("max", None),
+    torch.ops.aten.min.default: ("min", None),
+    torch.ops.aten.sum.dim_IntList: ("sum", 2),
+    torch.ops.aten.mean.dim: ("mean", 2),
+    torch.ops.aten.amax.default: ("max", 2),
+    torch.ops.aten.amin.default: ("min", 2),
+}
+
+
 def rewrite_masked_assignments(graph: torch.fx.Graph) -> None:
-    """Rewrite each elementwise `index_put(y, [mask], f(index(x, [mask]), ...))` of `graph` in place."""
+    """Rewrite `graph` in place: each whole reduction of `index(x, [mask])` (`x[m].mean()`) as a masked one, then
+    each elementwise `index_put(y, [mask], f(index(x, [mask]), ...))` as a `where`."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is _INDEX:
+            _rewrite_reductions(graph, node)
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is _INDEX_PUT:
             _rewrite(graph, node)
+
+
+def _rewrite_reductions(graph: torch.fx.Graph, selection: torch.fx.Node) -> None:
+    source, indices = selection.args[:2]
+    if len(indices) != 1 or not isinstance(indices[0], torch.fx.Node) or _dtype(indices[0]) != torch.bool:
+        return
+    if _shape(indices[0]) is None or _shape(indices[0]) != _shape(source) or _dtype(source) not in _FLOATS:
+        return
+    users = [user for user in selection.users if not _reads_size(user)]
+    if not users or not all(user.op == "call_function" and user.target in _REDUCTIONS for user in users):
+        return
+    for user in users:
+        kind, keepdim_at = _REDUCTIONS[user.target]
+        if keepdim_at is not None:
+            dims = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim")
+            if dims not in (None, [], [0], [-1], (0,), (-1,)):
+                return
+        if "dtype" in user.kwargs and user.kwargs["dtype"] not in (None, _dtype(source)):
+            return
+    for user in users:
+        kind, keepdim_at = _REDUCTIONS[user.target]
+        keepdim = False
+        if keepdim_at is not None:
+            keepdim = bool(user.args[keepdim_at] if len(user.args) > keepdim_at else user.kwargs.get("keepdim", False))
+        with graph.inserting_before(user):
+            masked = graph.call_function(masked_reduction, (source, indices[0], kind, keepdim))
+        masked.meta["val"] = user.meta.get("val")
+        user.replace_all_uses_with(masked)
+        graph.erase_node(user)
+    _drop_size_reads(graph, selection)
+    graph.erase_node(selection)
+
+
+_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
 def _rewrite(graph: torch.fx.Graph, put: torch.fx.Node) -> None:
@@ -103,8 +166,9 @@ def _region(
         region.add(node)
         for arg in torch.utils._pytree.tree_leaves((node.args, node.kwargs)):
             if isinstance(arg, torch.fx.Node):
-                if _shape(arg) == ():
-                    continue  # a 0-dim tensor broadcasts alike over the selection and the whole
+                one = _shape(arg)
+                if one is not None and math.prod(one) == 1 and len(one) <= len(shape):
+                    continue  # one number broadcasts alike over the selection and the whole
                 todo.append(arg)
     return region, selections
 

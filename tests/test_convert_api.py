@@ -19,6 +19,7 @@ from helpers import Float64Buffer, assert_converts, swap_lowering, torch_referen
 import jaxjac
 import jaxjac._check
 import jaxjac._convert
+import jaxjac._masked_regions
 from jaxjac import converters
 from jaxjac._check import float64_verdict, format_report
 from jaxjac.cli import main
@@ -321,14 +322,21 @@ def test_probes_where_torch_is_not_finite_are_left_out_or_explained():
         jaxjac.convert(LogReflectance().eval(), torch.zeros(1, 1, 8))  # no spread: standard-normal probes
 
 
-class MaskedMean(nn.Module):
-    def forward(self, x):
-        return x[x > 0].sum(0, keepdim=True)[None]  # how many elements survive depends on the values
+class MaskedCumsum(nn.Module):
+    def __init__(self, whole: bool = False):
+        super().__init__()
+        self.whole = whole
+
+    def forward(self, x):  # how many elements survive depends on the values
+        if self.whole:  # a whole reduction of them is a masked one
+            return x[x > 0].sum(0, keepdim=True)[None]
+        return x[x > 0].cumsum(0)[-1:][None]
 
 
 def test_a_value_dependent_shape_is_named_as_the_cause():
     with pytest.raises(jaxjac.UnsupportedOpError, match=r"makes a shape depend on the input's values .* torch.where"):
-        jaxjac.convert(MaskedMean().eval(), torch.randn(2, 1, 8))
+        jaxjac.convert(MaskedCumsum().eval(), torch.randn(2, 1, 8))
+    assert_converts(MaskedCumsum(whole=True), (1, 8), "float64")
 
 
 class NoisyPool(nn.Module):
@@ -1150,27 +1158,40 @@ class ComputesOnMaskedPositions(nn.Module):
             out[h.abs() < 0.5] = torch.sqrt(0.5 - h.abs()[h.abs() < 0.5]) * h.mean()
             return out
         out = h.clone()
-        if self.how == "used-whole":  # the selection's length matters
-            out[h > 0] = h[h > 0] / h[h > 0].sum()
+        if self.how == "scaled-by-its-sum-and-max":  # whole reductions of selections: masked reductions
+            wide = h.abs() < 10  # never empty, where torch's max and min would fail
+            out[h > 0] = h[h > 0] / h[h > 0].sum() + h[wide].max() * h[wide].amin(0, keepdim=True)
             return out
-        if self.how == "centred-by-its-mean":  # a reduction of another selection, whose length matters
+        if self.how == "centred-by-its-mean":
             out, positive = torch.zeros_like(h), h > 0
             out[positive] = h[positive] - h[positive].mean()
             return out
+        if self.how == "cumulated":  # the selection's length matters
+            return h * h[h > 0].cumsum(0)[-1]
         selected = h[h > 0]  # "length-read": its length is read beside the assignment
         out[h > 0] = torch.log(selected)
         return out * selected.shape[0]
 
 
+MASKED_CONVERTS = ["guarded-log", "student-t-variance", "scaled-by-a-0-dim-tensor", "scaled-by-its-sum-and-max"]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("how", ["guarded-log", "student-t-variance", "scaled-by-a-0-dim-tensor"])
+@pytest.mark.parametrize("how", [*MASKED_CONVERTS, "centred-by-its-mean"])
 def test_computing_on_the_positions_a_mask_selects_converts(how, dtype):
     # The selection's length depends on the data; computed at every position and kept where
     # the mask holds, the numbers are the same, and the positions left out stay finite.
     assert_converts(ComputesOnMaskedPositions(how), (1, 8), dtype, n=6)
 
 
-@pytest.mark.parametrize("how", ["used-whole", "length-read", "centred-by-its-mean"])
+@pytest.mark.parametrize("how", ["length-read", "cumulated"])
 def test_a_masked_selection_whose_length_matters_is_still_refused(how):
     with pytest.raises(jaxjac.UnsupportedOpError, match=r"shape depend on the input's values"):
         jaxjac.convert(ComputesOnMaskedPositions(how).eval(), torch.randn(2, 1, 8))
+
+
+def test_a_data_mask_that_reaches_the_lowering_is_the_data_dependent_error(monkeypatch):
+    # Without the masked reductions, `h[m].mean()` reaches JAX's indexing with the mask traced.
+    monkeypatch.setattr(jaxjac._masked_regions, "_rewrite_reductions", lambda graph, node: None)
+    with pytest.raises(jaxjac.UnsupportedOpError, match=r"aten\.index\.Tensor.* shape depend on the input's values"):
+        jaxjac.convert(ComputesOnMaskedPositions("centred-by-its-mean").eval(), torch.randn(2, 1, 8))
