@@ -35,8 +35,9 @@ CPU_BATCH_BYTES = 32 << 20
 CPU_BATCH_RANGE = (8, 512)
 # The share of the host's memory one CPU batch's temporaries may take.
 _HOST_FRACTION = 0.5
-_CPU_PROBE = 64
-_SMALL_RESULTS = 16 << 20  # rows of the CPU probe: per sample, 16 rows' temporaries run 3-8% above larger batches'
+_CPU_PROBE = 64  # rows of the CPU probe: per sample, 16 rows' temporaries run 3-8% above larger batches'
+# Results (bytes) above which even data within one CPU probe is sized by a probe.
+_SMALL_RESULTS = 16 << 20
 
 
 def default_cache_dir() -> Path:

@@ -73,7 +73,8 @@ def _rewrite_reductions(graph: torch.fx.Graph, selection: torch.fx.Node) -> None
     source, indices = selection.args[:2]
     if len(indices) != 1 or not isinstance(indices[0], torch.fx.Node) or _dtype(indices[0]) != torch.bool:
         return
-    if _shape(indices[0]) is None or _shape(indices[0]) != _shape(source) or _dtype(source) not in _FLOATS:
+    floating = _dtype(source) is not None and _dtype(source).is_floating_point
+    if _shape(indices[0]) is None or _shape(indices[0]) != _shape(source) or not floating:
         return
     users = [user for user in selection.users if not _reads_size(user)]
     if not users or not all(user.op == "call_function" and user.target in _REDUCTIONS for user in users):
@@ -98,9 +99,6 @@ def _rewrite_reductions(graph: torch.fx.Graph, selection: torch.fx.Node) -> None
         graph.erase_node(user)
     _drop_size_reads(graph, selection)
     graph.erase_node(selection)
-
-
-_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
 def _rewrite(graph: torch.fx.Graph, put: torch.fx.Node) -> None:
