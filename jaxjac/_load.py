@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._durable import path_kind
 from ._errors import JaxjacError, first_line
+from ._state_dicts import match_key_prefix, unwrap_state_dict
 
 if TYPE_CHECKING:
     import torch
 
-# Keys under which training scripts commonly nest the weights.
-_NESTING_KEYS = ("state_dict", "model_state_dict", "model")
 _ARCH_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PICKLE_HINT = (
     "unpickling it executes arbitrary code from the file. Load it only if you trust its source, with "
@@ -264,8 +263,9 @@ def _load_pickle_based(
     if module is not None:
         notes = [f"ignoring --arch {arch}: {path.name} holds a pickled module"] if arch else []
         return Checkpoint(module, "pickled-module", None, notes)
-    state, notes = unwrap_state_dict(obj, path)
-    return _state_dict_checkpoint(path, state, notes, arch, arch_kwargs)
+    net = None if arch is None else build_arch(arch, arch_kwargs)
+    state, notes = unwrap_state_dict(obj, path, None if net is None else list(net.state_dict()))
+    return _state_dict_checkpoint(path, state, notes, arch, net)
 
 
 def _load_safetensors(path: Path, arch: str | None, arch_kwargs: Mapping[str, Any] | None) -> Checkpoint:
@@ -278,45 +278,22 @@ def _load_safetensors(path: Path, arch: str | None, arch_kwargs: Mapping[str, An
         raise JaxjacError(f"{path}: the safetensors file cannot be read ({first_line(error)})") from error
     if not state:
         raise JaxjacError(f"{path}: expected a state_dict of tensors; found a safetensors file with no tensors")
-    return _state_dict_checkpoint(path, state, [], arch, arch_kwargs)
+    return _state_dict_checkpoint(path, state, [], arch, None if arch is None else build_arch(arch, arch_kwargs))
 
 
 def _state_dict_checkpoint(
-    path: Path, state: dict[str, Any], notes: list[str], arch: str | None, arch_kwargs: Mapping[str, Any] | None
+    path: Path, state: dict[str, Any], notes: list[str], arch: str | None, net: torch.nn.Module | None
 ) -> Checkpoint:
-    """The `--arch` model with the weights of `state` loaded (under whatever prefix holds them)."""
-    if arch is None:
+    """`net`, built from `--arch`, with the weights of `state` loaded (under whatever prefix holds them)."""
+    if arch is None or net is None:
         example = next(iter(state), "")
         raise JaxjacError(
             f"{path} holds a state_dict ({len(state)} tensors, e.g. `{example}`) but not the architecture; "
             "pass --arch package.module:Class (and --arch-kwargs JSON if it takes arguments)"
         )
-    net = build_arch(arch, arch_kwargs)
     state, prefix_notes = match_key_prefix(state, list(net.state_dict()))
     _load_strict(net, state, path, arch)
     return Checkpoint(net, "state-dict", None, notes + prefix_notes)
-
-
-def match_key_prefix(state: dict[str, Any], wanted: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """The entries of `state` under the one key prefix that holds every key in `wanted`, prefix removed.
-
-    Training wrappers save the network's weights under a prefix: `model.` (a
-    PyTorch Lightning module's attribute), `_orig_mod.` (`torch.compile`),
-    `ema.` or `module.` combinations. When `state` does not match `wanted`
-    as it is, look for one prefix under which every wanted key exists, and
-    keep only those entries. Returns `state` unchanged when none fits.
-    """
-    if not wanted or set(wanted) <= set(state):
-        return state, []
-    first = wanted[0]
-    prefixes = sorted({key[: -len(first)] for key in state if key.endswith("." + first)}, key=len)
-    for prefix in prefixes:
-        inner = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-        if set(wanted) <= set(inner):
-            ignored = len(state) - len(inner)
-            rest = f"; ignoring {ignored} entries outside it" if ignored else ""
-            return inner, [f"using the state_dict entries under the key prefix {prefix!r}{rest}"]
-    return state, []
 
 
 def _find_module(obj: Any) -> torch.nn.Module | None:
@@ -329,39 +306,6 @@ def _find_module(obj: Any) -> torch.nn.Module | None:
             if isinstance(obj.get(key), torch.nn.Module):
                 return obj[key]
     return None
-
-
-def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The flat `{name: tensor}` state_dict inside `obj`, and notes on what was unwrapped."""
-    import torch
-
-    notes = []
-    if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
-        for key in _NESTING_KEYS:
-            if isinstance(obj.get(key), Mapping) and _is_tensor_dict(obj[key]):
-                others = [str(k) for k in obj if k != key]
-                rest = f" (ignoring {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
-                notes.append(f"using the state_dict under checkpoint[{key!r}]{rest}")
-                obj = obj[key]
-                break
-    if not (isinstance(obj, Mapping) and obj and _is_tensor_dict(obj)):
-        found = f"a dict with keys {list(obj)[:5]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
-        raise JaxjacError(
-            f"{path}: expected a state_dict of tensors (alone or under 'state_dict', 'model_state_dict' or "
-            f"'model'); found {found}"
-        )
-    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if all(k.startswith("module.") for k in state):
-        notes.append("stripped the 'module.' prefix that DataParallel/DistributedDataParallel adds to every key")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state, notes
-
-
-def _is_tensor_dict(obj: Mapping) -> bool:
-    import torch
-
-    # Some scripts keep non-tensor entries beside the weights; tensors are copied out later.
-    return bool(obj) and all(isinstance(k, str) for k in obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Module:

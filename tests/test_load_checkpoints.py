@@ -170,6 +170,67 @@ def test_state_dict_under_a_key_prefix(tmp_path, net, arch, prefix, extra):
     assert_same_outputs(checkpoint.net, net)
 
 
+def adam_state(net: torch.nn.Module) -> dict:
+    """A real optimizer's state_dict after one step: per-parameter dicts of tensors, under integer keys."""
+    copy = trained_net()
+    optimizer = torch.optim.Adam(copy.parameters())
+    copy(torch.randn(2, *SAMPLE_SHAPE)).sum().backward()
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def other_weights(net: torch.nn.Module) -> dict:
+    return {
+        key: torch.randn_like(value) if value.is_floating_point() else value for key, value in net.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("layout", "where"),
+    [
+        (
+            lambda sd, net: {"net": sd, "optimizer": adam_state(net), "epoch": 3},
+            r"checkpoint\['net'\] \(ignoring optimizer, epoch\)",
+        ),
+        (
+            lambda sd, net: {"best_acc": torch.tensor(0.9), "weights": sd},
+            r"checkpoint\['weights'\] \(ignoring best_acc\)",
+        ),
+        (
+            lambda sd, net: {"run": {"ema_model": {f"model.{k}": v for k, v in sd.items()}}, "step": 10},
+            r"checkpoint\['run'\]\['ema_model'\] \(ignoring step\)",
+        ),
+        # Of several that fit, the one under a common name; one that does not fit is passed over.
+        (lambda sd, net: {"ema": other_weights(net), "model": sd}, r"checkpoint\['model'\] \(ignoring ema\)"),
+        (lambda sd, net: {"aux": {"head.weight": torch.zeros(2, 2)}, "trained": sd}, r"checkpoint\['trained'\]"),
+    ],
+    ids=["beside-optimizer", "beside-a-tensor", "two-deep-with-prefix", "common-name-first", "the-one-that-fits"],
+)
+def test_state_dict_nested_under_any_key_is_found_by_the_architecture_it_fits(tmp_path, net, arch, layout, where):
+    torch.save(layout(net.state_dict(), net), tmp_path / "run.pt")
+    checkpoint = load_checkpoint(tmp_path / "run.pt", arch=arch)
+    assert any(re.search("using the state_dict under " + where, n) for n in checkpoint.notes), checkpoint.notes
+    assert_same_outputs(checkpoint.net, net)
+
+
+def test_several_nested_state_dicts_that_fit_are_named_with_the_fix(tmp_path, net, arch):
+    torch.save({"student": net.state_dict(), "teacher": other_weights(net)}, tmp_path / "distill.pt")
+    with pytest.raises(
+        jaxjac.JaxjacError,
+        match=r"distill\.pt: 2 state_dicts in it fit the architecture \(checkpoint\['student'\], "
+        r"checkpoint\['teacher'\]\).*torch\.save\(ckpt\['student'\], 'weights\.pt'\)",
+    ):
+        load_checkpoint(tmp_path / "distill.pt", arch=arch)
+
+
+def test_a_checkpoint_without_tensors_says_what_it_holds(tmp_path, arch):
+    torch.save({"epoch": 3, "config": {"lr": 0.1}}, tmp_path / "empty.pt")
+    with pytest.raises(
+        jaxjac.JaxjacError, match=r"empty\.pt: expected a state_dict.*found a dict with keys \['epoch', 'config'\]"
+    ):
+        load_checkpoint(tmp_path / "empty.pt", arch=arch)
+
+
 @pytest.mark.parametrize(
     ("spec", "kwargs", "message"),
     [

@@ -30,8 +30,8 @@ match torch's on probe inputs. Nothing is written if the check fails.
 CHECKPOINT may be any of (told apart by content, not by extension):
   - a TorchScript archive (torch.jit.save)              needs --input-shape
   - an ExportedProgram (torch.export.save, .pt2)        records its own shape
-  - a state_dict, also inside {'state_dict': ...},
-    {'model_state_dict': ...} or {'model': ...}          needs --arch and --input-shape
+  - a state_dict, alone or in a training checkpoint
+    ({'net': ..., 'optimizer': ...}, say)               needs --arch and --input-shape
   - a state_dict in a safetensors file (save_file,
     a Hugging Face model.safetensors)                   needs --arch and --input-shape
   - a pickled module (torch.save(net))                  needs --allow-pickle and --input-shape
