@@ -491,6 +491,41 @@ def signbit(x: Operand) -> Operand:
     return jnp.signbit(x)
 
 
+@register("aten.copysign.Tensor", "aten.copysign.Scalar")
+def copysign(x: Operand, sign_of: Operand) -> Operand:
+    """`|x|` with the sign of `sign_of` (-0.0 counts as negative); the gradient at `x = 0` is 0, as in torch."""
+    x, sign_of = _float_scalar_promotes(as_float(x), as_float(sign_of))
+    magnitude = abs_(jnp.asarray(x, jnp.result_type(x, sign_of)))
+    return jnp.where(jnp.signbit(sign_of), -magnitude, magnitude)
+
+
+@register("aten.searchsorted.Tensor", "aten.searchsorted.Scalar")
+def searchsorted(
+    sorted_sequence: Array,
+    x: Operand,
+    *,
+    out_int32: bool = False,
+    right: bool = False,
+    side: str | None = None,
+    sorter: Array | None = None,
+) -> Array:
+    """Where each entry of `x` would go in `sorted_sequence`, along its last axis.
+
+    A 1-D sequence serves every entry; an N-D one pairs its leading axes with
+    those of `x`. `side="right"` (or `right`) puts an entry equal to a value
+    after it; `sorter` gives the order of an unsorted sequence.
+    """
+    if sorter is not None:
+        sorted_sequence = jnp.take_along_axis(sorted_sequence, sorter, axis=-1)
+    side = side or ("right" if right else "left")
+    x = jnp.asarray(x)
+    find = lambda sequence, values: jnp.searchsorted(sequence, values, side=side)  # noqa: E731
+    for _ in range(sorted_sequence.ndim - 1):
+        find = jax.vmap(find)
+    index = find(sorted_sequence, x)
+    return index.astype(jnp.int32 if out_int32 else jax.dtypes.canonicalize_dtype(jnp.int64))
+
+
 @register("aten.bucketize.Tensor")
 def bucketize(x: Array, boundaries: Array, *, out_int32: bool = False, right: bool = False) -> Array:
     """The bucket of each entry among sorted 1-D `boundaries`; `right` puts an entry equal to a boundary above it."""

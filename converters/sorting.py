@@ -1,4 +1,4 @@
-"""Order statistics: sort, topk, median, kthvalue, mode, and running extrema.
+"""Order statistics: sort, topk, median and nanmedian, kthvalue, mode, and running extrema.
 
 Values are gathered from the input at the indices the op returns, so the
 gradient goes to those positions, as torch's backward sends it. Order follows
@@ -122,10 +122,32 @@ def median(x: Array) -> Array:
     to the one index it returns instead).
     """
     flat = x.reshape(-1)
-    value = lax.stop_gradient(median_dim(flat, 0)[0])
+    return _shared_among_ties(flat, median_dim(flat, 0)[0])
+
+
+def _shared_among_ties(flat: Array, value: Array) -> Array:
+    """`value`, one of the entries of `flat`, with its gradient shared evenly among the entries equal to it (NaN: the NaNs)."""
+    value = lax.stop_gradient(value)
     ties = jnp.where(jnp.isnan(value), jnp.isnan(flat), flat == value)
     share = jnp.where(ties, flat - lax.stop_gradient(flat), 0).sum() / jnp.sum(ties)
     return value + share
+
+
+@register("aten.nanmedian.dim")
+def nanmedian_dim(x: Array, dim: int, keepdim: bool = False) -> tuple[Array, Array]:
+    """`(values, indices)` of the lower median of the non-NaN entries along `dim`; NaN where all are NaN."""
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int32)
+    numbers = x.shape[dim] - jnp.sum(jnp.isnan(x), axis=dim)
+    # NaN sorts last: the median of the numbers sits at (numbers - 1) // 2, a NaN at 0 when there are none.
+    return _kth(x, jnp.maximum(numbers - 1, 0) // 2, dim, keepdim)
+
+
+@register("aten.nanmedian.default")
+def nanmedian(x: Array) -> Array:
+    """The lower median of all non-NaN entries; its gradient is shared evenly among the entries equal to it."""
+    flat = x.reshape(-1)
+    return _shared_among_ties(flat, nanmedian_dim(flat, 0)[0])
 
 
 def _running_extremum(x: Array, dim: int, better) -> tuple[Array, Array]:

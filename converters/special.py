@@ -23,6 +23,7 @@ for _op, _fn in {
     "special_i1": sp.i1,
     "special_i1e": sp.i1e,
     "special_ndtri": sp.ndtri,
+    "special_erfcx": sp.erfcx,
 }.items():
     register(f"aten.{_op}.default")(unary_float(_fn))
 

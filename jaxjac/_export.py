@@ -355,6 +355,8 @@ _KEEP_WHOLE = (
     "std.dim",
     "std_mean.correction",
     "sinc.default",
+    # Its p = 2 product form decomposes into sqrt(clamp(...)), NaN in the gradient at distance 0.
+    "cdist.default",
     # Recurrences, scanned in `converters/recurrent.py`: decomposed, they unroll into every step.
     "lstm.input",
     "gru.input",

@@ -113,6 +113,22 @@ POINTWISE = {
         # torch has no derivative of zeta: its value only.
         + x * torch.special.zeta(x.detach().abs() + 2, b.detach().abs() + 1)
         + x * torch.special.zeta(3.0, b.detach().abs() + 1)
+        + torch.special.erfcx(3 * x)
+    ),
+    "copysign": lambda x, b: (
+        torch.copysign(x, b - 0.5)
+        + torch.copysign(x, -1.0)
+        + torch.copysign(torch.relu(x), x * 0.0 - 0.0)  # a zero magnitude; -0.0 and +0.0 as signs
+        + torch.copysign(b, x)
+    ),
+    "searchsorted": lambda x, b: (
+        x * torch.searchsorted(torch.tensor([-0.5, 0.0, 0.5]), x.detach().contiguous())
+        + x * torch.searchsorted(torch.tensor([-1.0, 0.25, 0.25]), x.detach().contiguous(), right=True, out_int32=True)
+        + x
+        * torch.searchsorted(torch.tensor([0.5, -1.0, 0.0]), x.detach(), side="right", sorter=torch.tensor([1, 2, 0]))
+        # One sorted row per channel, matched with that channel's entries.
+        + x * torch.searchsorted(torch.sort(b[0], dim=-1)[0].detach(), x.detach().contiguous())
+        + x * torch.searchsorted(torch.tensor([-0.5, 0.5]), 0.1)
     ),
     "minimum-maximum": lambda x, b: torch.maximum(x, b - 1) + torch.minimum(x, 0.5 - b),
     "fmax-fmin": lambda x, b: (

@@ -239,6 +239,60 @@ def test_cdist(dtype, p):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("length", "mode"),
+    [
+        (32, "use_mm_for_euclid_dist_if_necessary"),  # over 25 rows: matrix products
+        (8, "use_mm_for_euclid_dist"),
+        (32, "donot_use_mm_for_euclid_dist"),
+    ],
+)
+def test_cdist_by_matrix_products_as_torch_chooses(dtype, length, mode):
+    # A zero row in both sets: a distance that is exactly 0, whose gradient torch defines as 0, not NaN.
+    # (Other coincident points would not do: the product form leaves them rounding noise, in torch too.)
+    def head(y):
+        points = y.transpose(1, 2)
+        zero = points[:, :1] * 0
+        return torch.cdist(
+            torch.cat([points, zero], 1), torch.cat([points[:, 1:4] * 0.5 + 0.1, zero], 1), compute_mode=mode
+        )
+
+    assert_converts(Apply(nn.Conv1d(2, 3, 1), head=head), (2, length), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [2.0, 1.0, 3.0])
+def test_pdist(dtype, p):
+    # Rows 0 and 3 are the same point: a zero distance, whose gradient torch defines as 0.
+    def head(y):
+        points = y[0].T
+        return torch.nn.functional.pdist(torch.cat([points[:3], points[:1], points[4:]]), p=p)[None]
+
+    assert_converts(Apply(nn.Conv1d(2, 3, 1), head=head), (2, 8), dtype, n=1)
+
+
+class OfTwoHalves(nn.Module):
+    """`layer(first half, second half)` of the last axis: a two-input layer on one input."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return self.layer(x[..., :half], x[..., half:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bilinear(dtype):
+    bank = Bank(
+        OfTwoHalves(nn.Bilinear(4, 4, 3)),  # (N, 4, 4) and (N, 4, 4): over each channel's halves
+        nn.Sequential(nn.Flatten(), OfTwoHalves(nn.Bilinear(16, 16, 2, bias=False))),
+    )
+    assert_converts(nn.Sequential(nn.Conv1d(2, 4, 1), bank), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_norm_parametrization(dtype):
     bank = Bank(*(nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3), dim=dim) for dim in (0, 1, None)))
     assert_converts(nn.Sequential(bank, nn.Tanh()), (2, 8), dtype)

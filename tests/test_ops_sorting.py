@@ -32,6 +32,8 @@ CASES = {
     "median-dim": lambda x: x.median(dim=-1).values + x.median(dim=1, keepdim=True).values.sum(-1),
     "median-even": lambda x: x[..., :6].median(dim=-1)[0],
     "median-all": lambda x: x.median() * x,
+    "nanmedian-dim": lambda x: x.nanmedian(dim=-1).values + torch.nanmedian(x, dim=1, keepdim=True)[0].sum(-1),
+    "nanmedian-all": lambda x: x.nanmedian() * x,
     "kthvalue": lambda x: x.kthvalue(3, dim=-1).values + x.kthvalue(1, dim=1, keepdim=True)[0].mean(-1),
     "quantile": lambda x: torch.quantile(x, torch.tensor([0.1, 0.5, 0.9], dtype=x.dtype), dim=-1).permute(1, 2, 0),
     "nanquantile": lambda x: torch.nanquantile(x, 0.3, dim=-1),
@@ -74,6 +76,7 @@ NANS = np.array([[[1.0, np.nan, 3.0, -1.0, np.nan, 0.5, 4.0, 2.0]]])
         ("cummax", lambda x: torch.cummax(x, dim=-1)[0]),
         ("cummin", lambda x: torch.cummin(-x, dim=-1)[0]),
         ("median-all", lambda x: x.median().reshape(1)),
+        ("nanmedian-all", lambda x: x.nanmedian().reshape(1)),
         ("mode", lambda x: torch.mode(x, -1).values * torch.mode(x, -1).indices + x.mode(0, keepdim=True)[0][0]),
         ("mode-of-levels", lambda x: torch.round(x * 0.7).mode(-1).values + x.flip(-1).mode(-1).values),
         ("mode-all-once", lambda x: x[..., 5:].mode(-1).values * x[..., 5:].mode(-1).indices),
@@ -102,6 +105,11 @@ def test_ties_follow_torch(name: str, fn) -> None:
         lambda x: torch.topk(x, 3, dim=-1)[0],
         lambda x: x.median(dim=-1).values,
         lambda x: x.median().reshape(1),
+        # The median of the numbers; of none (the all-NaN slice), NaN.
+        lambda x: torch.cat(
+            [x.nanmedian(dim=-1).values, x[..., 4:5].nanmedian(-1)[0], x.nanmedian().reshape(1, 1)], -1
+        ),
+        lambda x: x.nanmedian(dim=-1).indices.to(x.dtype),
         lambda x: x.kthvalue(8, dim=-1).values,
         lambda x: torch.cummax(x, dim=-1).values,
         lambda x: torch.cummin(x, dim=-1).values,
