@@ -1,4 +1,4 @@
-"""Tensors made from nothing or from another's shape, and dtype casts.
+"""Tensors made from nothing or from another's shape, window functions, and dtype casts.
 
 Every `dtype` reaching these functions is already a JAX dtype: the lowering
 fills a `dtype=None` from torch's traced result, and the interpreter maps
@@ -179,3 +179,57 @@ def assert_async(condition: jax.Array, message: str = "assertion failed") -> Non
 def assert_tensor_metadata(x: jax.Array, *args, **kwargs) -> None:
     """Nothing: torch.export's check that a cast input has the traced dtype, which holds by construction."""
     return None
+
+
+def _window(length: int, periodic: bool, dtype: jnp.dtype | None, shape) -> jax.Array:  # noqa: ANN001
+    """A window of `length` points from `shape(n, N)`, `n = 0..N-1`, computed in float64 like torch's CPU kernel.
+
+    A periodic window is the symmetric one of `length + 1` points without its
+    last, as torch builds it; `length` 1 is a single 1.
+    """
+    points = length + 1 if periodic and length > 1 else length
+    values = np.ones(length) if length == 1 else shape(np.arange(points, dtype=np.float64), points)[:length]
+    return jnp.asarray(values, _canonical(dtype, jnp.float32))
+
+
+@register(
+    "aten.hamming_window.default",
+    "aten.hamming_window.periodic",
+    "aten.hamming_window.periodic_alpha",
+    "aten.hamming_window.periodic_alpha_beta",
+)
+def hamming_window(
+    length: int, periodic: bool = True, alpha: float = 0.54, beta: float = 0.46, dtype: jnp.dtype | None = None
+) -> jax.Array:
+    """`(length,)`: `alpha - beta cos(2 pi n / (N - 1))`."""
+    return _window(length, periodic, dtype, lambda n, N: alpha - beta * np.cos(2 * np.pi * n / (N - 1)))
+
+
+@register("aten.blackman_window.default", "aten.blackman_window.periodic")
+def blackman_window(length: int, periodic: bool = True, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(length,)`: `0.42 - 0.5 cos(2 pi n / (N - 1)) + 0.08 cos(4 pi n / (N - 1))`."""
+    return _window(
+        length,
+        periodic,
+        dtype,
+        lambda n, N: 0.42 - 0.5 * np.cos(2 * np.pi * n / (N - 1)) + 0.08 * np.cos(4 * np.pi * n / (N - 1)),
+    )
+
+
+@register("aten.bartlett_window.default", "aten.bartlett_window.periodic")
+def bartlett_window(length: int, periodic: bool = True, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(length,)`: the triangle `1 - |2 n / (N - 1) - 1|`."""
+    return _window(length, periodic, dtype, lambda n, N: 1 - np.abs(2 * n / (N - 1) - 1))
+
+
+@register("aten.kaiser_window.default", "aten.kaiser_window.periodic", "aten.kaiser_window.beta")
+def kaiser_window(length: int, periodic: bool = True, beta: float = 12.0, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(length,)`: `I0(beta sqrt(1 - ((n - (N - 1) / 2) / ((N - 1) / 2))²)) / I0(beta)`."""
+    return _window(
+        length,
+        periodic,
+        dtype,
+        lambda n, N: (
+            np.i0(beta * np.sqrt(np.clip(1 - ((n - (N - 1) / 2) / ((N - 1) / 2)) ** 2, 0, None))) / np.i0(beta)
+        ),
+    )

@@ -42,6 +42,21 @@ CASES = {
     "stft-magnitude": lambda x: (
         torch.stft(x.flatten(0, 1), 8, hop_length=2, window=_window(x), return_complex=True).abs().reshape(1, C, -1)
     ),
+    # torch's other windows, periodic and symmetric: constants the STFT front end multiplies by.
+    "stft-windows": lambda x: (
+        sum(
+            torch.stft(x.flatten(0, 1), 8, hop_length=3, window=window, return_complex=True).abs().reshape(1, C, -1)
+            for window in (
+                torch.hamming_window(8, dtype=x.dtype),
+                torch.hamming_window(8, periodic=False, alpha=0.5, beta=0.5, dtype=x.dtype),
+                torch.blackman_window(8, dtype=x.dtype),
+                torch.bartlett_window(8, periodic=False, dtype=x.dtype),
+                torch.kaiser_window(8, True, 6.0, dtype=x.dtype),
+                torch.kaiser_window(8, periodic=False, dtype=x.dtype),
+            )
+        )
+        + x[..., :1] * torch.kaiser_window(1, dtype=x.dtype)
+    ),
     "complex-arithmetic": lambda x: torch.view_as_real(
         torch.complex(x, x**2) * torch.polar(x.abs() + 1, x) / (torch.complex(x, torch.ones_like(x)) + 2)
     ).sum(-1),
