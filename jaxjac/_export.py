@@ -63,6 +63,23 @@ def _warn_batch_statistics(net: torch.nn.Module) -> None:
             )
 
 
+def _refuse_untraceable_layers(net: torch.nn.Module) -> None:
+    """Name the first quantized layer, or TorchScript layer inside an eager model, which torch.export cannot trace."""
+    for name, m in net.named_modules():
+        kind = type(m).__module__ + "." + type(m).__qualname__
+        if kind.startswith(("torch.ao.nn.quantized.", "torch.nn.quantized.", "torch.ao.nn.intrinsic.quantized.")):
+            raise JaxjacError(
+                f"module `{name}` ({kind}) is a quantized layer (torch.ao.quantization), whose integer weights "
+                "have no exact Jacobian; convert the float model, before quantization"
+            )
+        if name and isinstance(m, torch.jit.ScriptModule):
+            raise JaxjacError(
+                f"module `{name}` is TorchScript ({type(m).__name__}) inside an eager model, which torch.export "
+                "cannot trace; build that layer unscripted, or script the whole model (torch.jit.script(net)) "
+                "and convert that"
+            )
+
+
 def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
     """Export `net` on a batch of one, decomposed to the core ATen op set.
 
@@ -73,6 +90,7 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     """
     if not isinstance(net, torch.nn.Module):
         raise JaxjacError(f"expected a torch.nn.Module to convert, got {type(net).__name__}")
+    _refuse_untraceable_layers(net)
     _warn_batch_statistics(net)
     # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
     # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.

@@ -63,6 +63,20 @@ _RANDOM = frozenset(
         "poisson",
         "exponential",
         "exponential_",
+        "cauchy_",
+        "log_normal_",
+        "geometric_",
+        "random_",
+        "binomial",
+        "_standard_gamma",
+        "_sample_dirichlet",
+        # Dropout left on in eval mode, F.dropout(x, p, training=True) as Monte Carlo dropout calls it.
+        "native_dropout",
+        "dropout",
+        "feature_dropout",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "_fused_dropout",
     }
 )
 

@@ -369,6 +369,54 @@ def test_a_random_forward_is_named_as_random_at_its_layer(traced):
     assert "report" not in str(raised.value) and "torch.export._trace" not in str(raised.value)
 
 
+class MonteCarloDropout(nn.Module):
+    """Dropout left on in eval mode, as Monte Carlo dropout does."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x):
+        return self.op(x, 0.2, training=True)
+
+
+@pytest.mark.parametrize(
+    ("op", "aten"),
+    [
+        (nn.functional.dropout, "native_dropout"),
+        (nn.functional.dropout1d, "bernoulli"),
+        (nn.functional.alpha_dropout, "bernoulli"),
+    ],
+)
+def test_dropout_on_in_eval_mode_is_named_as_random(op, aten):
+    net = nn.Sequential(nn.Conv1d(1, 4, 3), MonteCarloDropout(op), nn.Flatten(), nn.Linear(24, 3)).eval()
+    message = rf"`aten\.{aten}\.\w+` from module `1` \(test_convert_api\.MonteCarloDropout\) draws random numbers"
+    with pytest.raises(jaxjac.UnsupportedOpError, match=message):
+        jaxjac.convert(net, torch.randn(2, 1, 8))
+
+
+def test_a_quantized_layer_is_named_with_the_fix():
+    net = nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten(), nn.Linear(24, 3)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates torch.ao.quantization and qint8 tensors; models keep them
+        quantized = torch.ao.quantization.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(
+        jaxjac.JaxjacError, match=r"module `2` \(torch\.ao\.nn\.quantized\..*Linear\) is a quantized layer"
+    ):
+        jaxjac.convert(quantized, torch.randn(2, 1, 8))
+
+
+def test_a_torchscript_layer_inside_an_eager_model_is_named_with_the_fix():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit
+        body = torch.jit.script(nn.Sequential(nn.Conv1d(1, 4, 3), nn.Flatten()))
+    net = nn.Sequential(body, nn.Linear(24, 3)).eval()
+    with pytest.raises(
+        jaxjac.JaxjacError, match=r"module `0` is TorchScript .* inside an eager model.*torch\.jit\.script\(net\)"
+    ):
+        jaxjac.convert(net, torch.randn(2, 1, 8))
+
+
 class DictOutputs(nn.Module):
     def __init__(self, keys=("logits",)):
         super().__init__()
