@@ -15,6 +15,7 @@ import numpy as np
 from . import converters
 from ._errors import JaxjacError, LoweringError, UnsupportedOpError, first_line
 from ._graph import DType, Graph, Ref
+from ._half_floats import computed_in_float32, half_float_of
 from .converters.layout import contains_channels_last, to_logical
 from .converters.registry import ModelError, channels_last_rule
 
@@ -184,10 +185,12 @@ def run_graph(
             args = [value(a) for a in node.args]
             kwargs = {k: value(v) for k, v in node.kwargs}
             try:
-                if layout == "channels-last" and fn is not operator.getitem:
-                    env[node.name] = _call_channels_last(node.op, fn, args, kwargs)
-                else:
+                if fn is operator.getitem:
                     env[node.name] = fn(*args, **kwargs)
+                    continue
+                call = functools.partial(_call, node.op, fn, layout)
+                half = half_float_of(node.op, args, kwargs)
+                env[node.name] = call(args, kwargs) if half is None else computed_in_float32(call, args, kwargs, half)
             except (JaxjacError, MemoryError):
                 raise
             except ModelError as error:
@@ -205,6 +208,11 @@ def run_graph(
                 # a rule failing here is a case it does not handle: name it.
                 raise LoweringError(node.op, node.where(), error) from error
         return tuple(to_logical(value(ref)) for ref in graph.outputs)
+
+
+def _call(op: str, fn: Any, layout: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run one op's lowering `fn` in `layout`."""
+    return _call_channels_last(op, fn, args, kwargs) if layout == "channels-last" else fn(*args, **kwargs)
 
 
 def _call_channels_last(op: str, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import TORCH_DTYPES, assert_converts, cast, precision
+from helpers import TORCH_DTYPES, assert_close, assert_converts, cast, precision, torch_reference
 from jax import lax
 
 import jaxjac
@@ -465,3 +465,48 @@ def test_float64_convolutions_are_products_over_patches_on_cpu(in_channels: int,
         hlo = jax.jit(jaxjac.jacobian_fn(model)).lower(jnp.zeros((2, in_channels, 32))).compile().as_text()
     assert (" convolution(" not in hlo) == patches
     assert "conditional" not in hlo
+
+
+class HalfPrecisionRegions(nn.Module):
+    """A forward that computes parts in bfloat16 (`torch.autocast`) or float16 (`.half()`), as mixed-precision inference does.
+
+    With `exact`, the same function without the half floats: the reference for its Jacobian.
+    """
+
+    def __init__(self, cast: str, exact: bool = False) -> None:
+        super().__init__()
+        self.cast, self.exact = cast, exact
+        self.conv = nn.Conv1d(2, 8, 5, padding=2)  # a tiled convolution on CPU
+        self.wide = nn.Conv1d(8, 8, 3, groups=2)  # a grouped one
+        self.head = nn.Linear(8 * 14, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cast == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not self.exact):
+                h = self.wide(torch.relu(self.conv(x)))
+                h = h + (h @ h.transpose(1, 2)).softmax(-1) @ h  # batched products, a softmax
+                y = self.head(h.flatten(1))
+            return y.to(x.dtype)
+        half = x.dtype if self.exact else torch.float16
+        h = torch.relu(F.conv1d(x.to(half), self.conv.weight.to(half), self.conv.bias.to(half), padding=2))
+        h = F.conv1d(h, self.wide.weight.to(half), self.wide.bias.to(half), groups=2)
+        return self.head(F.gelu(h).to(x.dtype).flatten(1))
+
+
+@pytest.mark.parametrize("cast", ["autocast", "half"])
+def test_half_float_regions_compute_like_torch(cast: str) -> None:
+    # XLA summed a bfloat16 convolution's products in bfloat16, unlike torch in most entries, and a softmax.
+    net = HalfPrecisionRegions(cast).eval()
+    x = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(0))
+    model = jaxjac.convert(net, x)  # the check passes
+    with torch.no_grad():
+        assert_close(np.asarray(model(x.numpy())), net(x).numpy(), "float32", "outputs")
+    # Backward passes round to the half float where torch's use saved half-float outputs: the
+    # Jacobians differ from torch's by that rounding, and are as close as torch's to the exact one.
+    exact = HalfPrecisionRegions(cast, exact=True).double().eval()
+    exact.load_state_dict(net.state_dict())
+    truth = torch_reference(exact, x.double())[1]
+    theirs = torch_reference(net, x)[1]
+    ours = np.asarray(jaxjac.jacobian(model, x.numpy()))
+    error = lambda jacobian: np.abs(jacobian - truth).max() / np.abs(truth).max()  # noqa: E731
+    assert 1e-4 < error(theirs) and error(ours) < 2 * error(theirs), (error(ours), error(theirs))
