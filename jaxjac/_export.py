@@ -24,6 +24,7 @@ import torch
 
 from ._errors import JaxjacError
 from ._known_values import KnownValues
+from ._module_state import restore_all
 
 
 @contextlib.contextmanager
@@ -92,35 +93,13 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         raise JaxjacError(f"expected a torch.nn.Module to convert, got {type(net).__name__}")
     _refuse_untraceable_layers(net)
     _warn_batch_statistics(net)
-    # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
-    # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
-    # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
-    # the one-line error); it is kept for `--debug`, and anything else passed on.
-    printed = io.StringIO()
-    program = None
-    with (
-        eval_mode(net),
-        torch.enable_grad(),
-        _quiet_export(),
-        _causal_masks_taken_as_given(),
-        _distribution_arguments_unvalidated(),
-        _custom_backwards_noted(),
-        _RealConstants(),
-    ):
-        try:
-            with contextlib.redirect_stderr(printed):
-                program = _export(net, sample)
-        except Exception as error:  # torch raises many types here, with long messages
-            if printed.getvalue().strip():
-                error.add_note(f"torch printed while tracing:\n{printed.getvalue()}")
-            failure = error
-        else:
-            sys.stderr.write(printed.getvalue())
-            _detach_no_grad_blocks(program)
-            try:
-                return program.run_decompositions(_decomposition_table())
-            except Exception as error:  # torch's own assertion (torch.linalg.solve under _RealConstants)
-                failure = error
+    program, decomposed, failure = _traced_and_decomposed(net, sample)
+    if decomposed is None and _caches_on_first_call(net, sample):
+        # Traced from the state after its first call, as the model runs in inference; the
+        # check runs torch from the state at conversion, so a cache forward would not rebuild shows.
+        program, decomposed, failure = _traced_and_decomposed(net, sample)
+    if decomposed is not None:
+        return decomposed
     if program is not None:  # traced, but not decomposed: once more without the tracing aids
         try:
             with eval_mode(net, warn=False), torch.enable_grad(), _quiet_export():
@@ -167,9 +146,76 @@ def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.Exported
     return _export_buffers_kept(net, sample)  # forward updates an integer buffer (a counter): a buffer it stays
 
 
-def _export_buffers_kept(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
+def _traced_and_decomposed(
+    net: torch.nn.Module, sample: torch.Tensor
+) -> tuple[torch.export.ExportedProgram | None, torch.export.ExportedProgram | None, Exception | None]:
+    """`(traced, decomposed, failure)`: the traced program, or None, decomposed, or None, and why not."""
+    # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
+    # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
+    # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
+    # the one-line error); it is kept for `--debug`, and anything else passed on.
+    printed = io.StringIO()
+    with (
+        eval_mode(net),
+        torch.enable_grad(),
+        _quiet_export(),
+        _causal_masks_taken_as_given(),
+        _distribution_arguments_unvalidated(),
+        _custom_backwards_noted(),
+        _RealConstants(),
+    ):
+        try:
+            with contextlib.redirect_stderr(printed):
+                program = _export(net, sample)
+        except Exception as error:  # torch raises many types here, with long messages
+            if printed.getvalue().strip():
+                error.add_note(f"torch printed while tracing:\n{printed.getvalue()}")
+            return None, None, error
+        sys.stderr.write(printed.getvalue())
+        _detach_no_grad_blocks(program)
+        try:
+            return program, program.run_decompositions(_decomposition_table()), None
+        except Exception as error:  # torch's own assertion (torch.linalg.solve under _RealConstants)
+            return program, None, error
+
+
+def _caches_on_first_call(net: torch.nn.Module, sample: torch.Tensor) -> bool:
+    """Run forward once; whether it stored a tensor where there was none (a lazily built cache), kept in place.
+
+    torch.export traces `if self.bias is None: self.register_buffer("bias",
+    ...)` (x-transformers' ALiBi) into a copy onto the wrong tensor, and
+    fails; traced after one call, the cache is a tensor like any other.
+    """
+
+    def empty_slots() -> set[tuple[int, str]]:
+        return {
+            (id(m), name)
+            for m in net.modules()
+            for name in (*m._buffers, *vars(m))
+            if not isinstance(m._buffers.get(name, vars(m).get(name)), torch.Tensor)
+        }
+
+    before = empty_slots()
+    try:
+        with eval_mode(net, warn=False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing warned already
+            net(sample)
+    except Exception:  # noqa: BLE001  (a forward that fails eagerly is reported by the caller)
+        return False
+    return bool(before - empty_slots())
+
+
+def _traced(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
+    """`torch.export.export(net, (sample,))`, after which `net` holds what it held before (see `_module_state`)."""
     try:
         return torch.export.export(net, (sample,))
+    finally:
+        restore_all()
+
+
+def _export_buffers_kept(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
+    try:
+        return _traced(net, sample)
     except Exception as error:
         if _ASSIGNS_TO_DATA not in str(error):
             raise
@@ -197,7 +243,7 @@ def _export_with_constraints_applied(
         net(sample)
     with _data_assignments_ignored():
         try:
-            program = torch.export.export(net, (sample,))
+            program = _traced(net, sample)
         except Exception:
             raise error from None
     warnings.warn(

@@ -31,6 +31,14 @@ class _Snapshot:
             for name, tensor in module._buffers.items()
             if tensor is not None
         ]
+        # What each module held, to hand it back as it came: tracing runs forward on fake tensors,
+        # and a forward that caches a tensor (`if self.bias is None: self.register_buffer("bias",
+        # ...)`, x-transformers' ALiBi) would keep a fake one, which torch cannot run on.
+        self.held = [
+            (module, dict(module._buffers), {k: v for k, v in vars(module).items() if _is_tensor_or_none(v)})
+            for _, module in net.named_modules()
+            if not isinstance(module, torch.jit.ScriptModule)  # its state is TorchScript's, not a dict
+        ]
         self.warned = False
 
     def changed(self) -> list[str]:
@@ -52,6 +60,13 @@ class _Snapshot:
         return changed
 
     def restore(self) -> None:
+        for module, buffers, attributes in self.held:
+            for name in [n for n in module._buffers if n not in buffers]:
+                del module._buffers[name]
+            module._buffers.update({name: None for name, tensor in buffers.items() if tensor is None})
+            for name in [n for n, v in vars(module).items() if n not in attributes and isinstance(v, torch.Tensor)]:
+                delattr(module, name)
+            vars(module).update(attributes)
         for entry in self.entries:
             module, name, _, tensor, value, version = entry
             module._buffers[name] = tensor
@@ -59,6 +74,10 @@ class _Snapshot:
                 with torch.no_grad():
                     tensor.copy_(value)
                 entry[5] = _version(tensor)
+
+
+def _is_tensor_or_none(value: object) -> bool:
+    return value is None or isinstance(value, torch.Tensor)
 
 
 def _equal(tensor: torch.Tensor, value: torch.Tensor) -> bool:

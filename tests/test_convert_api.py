@@ -878,6 +878,35 @@ def test_a_forward_that_changes_its_state_is_converted_and_checked_from_the_stat
     np.testing.assert_allclose(got[0], expected, rtol=1e-12, atol=1e-14)
 
 
+class CachesOnFirstCall(nn.Module):
+    """Builds a position bias on its first call and keeps it, as x-transformers' ALiBi does."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.conv = how, nn.Conv1d(2, 3, 3, padding=1)
+        self.register_buffer("slopes", torch.tensor([0.5]), persistent=False)
+        self.register_buffer("bias", None, persistent=False)
+        self.table = None
+
+    def forward(self, x):
+        if self.how == "buffer" and self.bias is None:
+            self.register_buffer("bias", torch.arange(x.shape[-1]) * self.slopes, persistent=False)
+        if self.how == "attribute" and self.table is None:
+            self.table = torch.arange(x.shape[-1]) * self.slopes
+        return self.conv(x) + (self.bias if self.how == "buffer" else self.table)
+
+
+@pytest.mark.parametrize("how", ["buffer", "attribute"])
+def test_a_forward_that_caches_a_tensor_converts_and_leaves_no_trace_in_the_model(how):
+    # torch.export traced the buffer's creation into a copy onto the input, and failed; the fake
+    # tensor it left in the model broke the check and every later torch call.
+    net = CachesOnFirstCall(how).eval()
+    assert_converts(net, (2, 8), "float64")
+    jaxjac.convert(net, torch.randn(2, 2, 8))
+    assert net.bias is None and net.table is None
+    net(torch.randn(2, 2, 8))  # torch still runs it
+
+
 class ReadsTopPeriod(nn.Module):
     """A period read from the spectrum into Python (thuml's TimesNet does): one program cannot hold that."""
 
