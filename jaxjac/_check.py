@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ._errors import ConversionCheckError, JaxjacError, first_line
-from ._export import eval_mode
+from ._export import checkpoints_inlined, eval_mode
 from ._graph_model import batched_forward
 from ._jacobian import jacobian
 from ._model import ConvertedModel
@@ -74,7 +74,7 @@ def _torch_outputs_and_jacobians(
         return output_of(net, row, output_index)
 
     outputs, jacobians = [], []
-    with eval_mode(net, warn=False):  # `convert` has warned already, when it traced
+    with eval_mode(net, warn=False), checkpoints_inlined():  # `convert` has warned already, when it traced
         for i in range(x.shape[0]):
             row = x[i : i + 1]
             with torch.no_grad():

@@ -17,10 +17,11 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from ._errors import JaxjacError
 from ._known_values import KnownValues
@@ -162,6 +163,7 @@ def _traced_and_decomposed(
         _causal_masks_taken_as_given(),
         _distribution_arguments_unvalidated(),
         _custom_backwards_noted(),
+        checkpoints_inlined(),
         _RealConstants(),
     ):
         try:
@@ -177,6 +179,30 @@ def _traced_and_decomposed(
             return program, program.run_decompositions(_decomposition_table()), None
         except Exception as error:  # torch's own assertion (torch.linalg.solve under _RealConstants)
             return program, None, error
+
+
+@contextlib.contextmanager
+def checkpoints_inlined() -> Iterator[None]:
+    """In the block, `torch.utils.checkpoint(fn, *args, use_reentrant=True)` calls `fn(*args)`.
+
+    Activation checkpointing, left in a forward from training, saves memory
+    and computes the same values. Its reentrant form runs `fn` without
+    gradients inside an `autograd.Function`: traced, that read as a stop of
+    the gradient (a Jacobian of zeros), and torch's own check refuses
+    `torch.autograd.grad` through it.
+    """
+
+    class Inlined:
+        @staticmethod
+        def apply(function: Callable, preserve_rng_state: bool, *args: Any) -> Any:
+            return function(*args)
+
+    module = torch.utils.checkpoint
+    original, module.CheckpointFunction = module.CheckpointFunction, Inlined
+    try:
+        yield
+    finally:
+        module.CheckpointFunction = original
 
 
 def _caches_on_first_call(net: torch.nn.Module, sample: torch.Tensor) -> bool:
