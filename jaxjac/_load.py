@@ -241,6 +241,7 @@ def _load_pickle_based(
 
     import torch
 
+    from_main: list[str] = []
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -249,23 +250,75 @@ def _load_pickle_based(
         if not allow_pickle:
             found = _unsupported_global(error)
             raise JaxjacError(f"{path} holds pickled Python objects{found}; {_PICKLE_HINT}") from None
-        with _cwd_importable():
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=False)
-            except (ImportError, AttributeError) as error:
-                raise JaxjacError(
-                    f"{path}: the pickled module needs code that cannot be imported from {Path.cwd()}: "
-                    f"{first_line(error)}; run jaxjac from the directory that holds the model's code"
-                ) from error
+        obj, from_main = _unpickled(path, arch)
     except Exception as error:  # truncated zips and the like
         raise JaxjacError(f"{path}: torch.load could not read it: {first_line(error)}") from error
     module = _find_module(obj)
     if module is not None:
         notes = [f"ignoring --arch {arch}: {path.name} holds a pickled module"] if arch else []
+        if from_main:
+            where = str(arch).partition(":")[0]
+            notes = [
+                f"looked up the classes {path.name} pickled under __main__ ({', '.join(from_main)}) in module {where}"
+            ]
         return Checkpoint(module, "pickled-module", None, notes)
     net = None if arch is None else build_arch(arch, arch_kwargs)
     state, notes = unwrap_state_dict(obj, path, None if net is None else list(net.state_dict()))
     return _state_dict_checkpoint(path, state, notes, arch, net)
+
+
+class _PickledUnderMain(Exception):
+    """A pickle names a class of `__main__`, the script that saved it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unpickled(path: Path, arch: str | None) -> tuple[Any, list[str]]:
+    """`torch.load(path)` with pickles allowed, classes imported with the current directory on the path.
+
+    A module saved by a script run as `python train.py` names its classes
+    `__main__.Net`, which no other program can import: with `arch`
+    (`train:Net`), names under `__main__` are looked up in arch's module.
+    Returns the object and the names so looked up.
+    """
+    import pickle
+
+    import torch
+
+    main = _arch_module(arch) if arch else None
+
+    from_main: list[str] = []
+
+    class MainFromArch(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module != "__main__":
+                return super().find_class(module, name)
+            if main is None:
+                raise _PickledUnderMain(name)
+            from_main.append(name)
+            return getattr(main, name)
+
+    class PickleModule:  # what torch.load asks of `pickle_module`
+        Unpickler = MainFromArch
+        load = staticmethod(pickle.load)
+
+    with _cwd_importable():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=PickleModule), from_main
+        except _PickledUnderMain as error:
+            raise JaxjacError(
+                f"{path}: the pickled module's class {error.name} was defined in a script run as __main__ "
+                f"(python train.py), so its code cannot be found; pass --arch with the module that defines it, "
+                f"importable from here (--arch train:{error.name}), or save net.state_dict() instead"
+            ) from None
+        except (ImportError, AttributeError) as error:
+            raise JaxjacError(
+                f"{path}: the pickled module needs code that cannot be imported from {Path.cwd()}"
+                + (f" or --arch {arch}" if main is not None else "")
+                + f": {first_line(error)}; run jaxjac from the directory that holds the model's code"
+            ) from error
 
 
 def _load_safetensors(path: Path, arch: str | None, arch_kwargs: Mapping[str, Any] | None) -> Checkpoint:
@@ -308,16 +361,14 @@ def _find_module(obj: Any) -> torch.nn.Module | None:
     return None
 
 
-def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Module:
-    """Import and instantiate ``"package.module:Class"`` with `arch_kwargs`."""
-    import torch
-
+def _arch_module(arch: str) -> Any:
+    """The module of ``"package.module:Class"``, imported with the current directory on `sys.path`."""
     if not _ARCH_PATTERN.match(arch):
         raise JaxjacError(f"--arch must look like package.module:Class; got {arch!r}")
-    module_name, _, attr = arch.partition(":")
+    module_name = arch.partition(":")[0]
     with _cwd_importable():
         try:
-            module = importlib.import_module(module_name)
+            return importlib.import_module(module_name)
         except ImportError as error:
             raise JaxjacError(
                 f"--arch {arch}: cannot import {module_name!r} from {Path.cwd()} or the installed packages "
@@ -327,6 +378,14 @@ def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Mod
             raise JaxjacError(
                 f"--arch {arch}: importing {module_name!r} failed with {type(error).__name__}: {first_line(error)}"
             ) from error
+
+
+def build_arch(arch: str, arch_kwargs: Mapping[str, Any] | None) -> torch.nn.Module:
+    """Import and instantiate ``"package.module:Class"`` with `arch_kwargs`."""
+    import torch
+
+    module = _arch_module(arch)
+    module_name, _, attr = arch.partition(":")
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):

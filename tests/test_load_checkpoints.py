@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 
 import jax
 import numpy as np
 import pytest
 import torch
-from checkpoint_nets import SAMPLE_SHAPE, trained_net
+from checkpoint_nets import NET_SOURCE, SAMPLE_SHAPE, trained_net
 from flax import nnx
 from helpers import torch_reference
 
@@ -274,6 +276,26 @@ def test_pickled_module_with_allow_pickle(ckpts, net):
     checkpoint = load_checkpoint(ckpts["pickled.pt"], allow_pickle=True)
     assert checkpoint.format == "pickled-module"
     assert_same_outputs(checkpoint.net, net)
+
+
+def test_pickled_module_saved_from_a_script_finds_its_classes_in_the_arch_module(tmp_path, monkeypatch):
+    # `python train.py` pickles its classes as __main__.Net, which no other program can import.
+    script = NET_SOURCE + "\n\nif __name__ == '__main__':\n    torch.save(Net(), 'net.pt')\n"
+    (tmp_path / "train.py").write_text(script)
+    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        jaxjac.JaxjacError,
+        match=r"net\.pt: the pickled module's class Net was defined in a script run as __main__ .*--arch train:Net",
+    ):
+        load_checkpoint(tmp_path / "net.pt", allow_pickle=True)
+    try:
+        checkpoint = load_checkpoint(tmp_path / "net.pt", allow_pickle=True, arch="train:Net")
+        assert type(checkpoint.net).__module__ == "train"
+        assert any("pickled under __main__ (Net) in module train" in note for note in checkpoint.notes)
+        assert jaxjac.convert(checkpoint.net, torch.randn(2, *SAMPLE_SHAPE)).metadata["check"]["passed"]
+    finally:
+        sys.modules.pop("train", None)
 
 
 def test_missing_file(tmp_path):

@@ -73,7 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="shape of ONE sample, without the batch axis: '1,224', '224' or '(1, 224)'",
     )
     source = parser.add_argument_group("state_dict and pickled checkpoints")
-    source.add_argument("--arch", metavar="PKG.MOD:CLASS", help="the class (or factory) a state_dict belongs to")
+    source.add_argument(
+        "--arch",
+        metavar="PKG.MOD:CLASS",
+        help="the class (or factory) a state_dict belongs to; for a module pickled by a script run as "
+        "`python train.py`, whose classes are named __main__.CLASS, the module that defines them (train:Net)",
+    )
     source.add_argument(
         "--arch-kwargs", type=parse_json_object, default={}, metavar="JSON", help="keyword arguments for --arch"
     )
