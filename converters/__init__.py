@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (imported to register their lowerings)
     pool,
     recurrent,
     reduction,
+    sampling,
     scalar,
     shape,
     sorting,

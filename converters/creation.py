@@ -114,6 +114,12 @@ def zeros(size: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
     return jnp.zeros(tuple(size), dtype=_canonical(dtype, jnp.float64))
 
 
+@register("aten.empty_permuted.default")
+def empty_permuted(size: Sequence[int], physical_layout: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
+    """Zeros of `size` (`torch.empty_like`'s op: its memory order does not change the values)."""
+    return zeros(size, dtype)
+
+
 @register("aten.empty_strided.default")
 def empty_strided(size: Sequence[int], stride: Sequence[int], dtype: jnp.dtype | None = None) -> jax.Array:
     """Zeros of `size`; strides mean nothing for JAX arrays."""

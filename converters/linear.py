@@ -45,6 +45,12 @@ def baddbmm(bias: jax.Array, a: jax.Array, b: jax.Array, beta: float = 1, alpha:
     return _scaled_sum(bias, _matmul(a, b), beta, alpha)
 
 
+@register("aten.addbmm.default")
+def addbmm(bias: jax.Array, a: jax.Array, b: jax.Array, beta: float = 1, alpha: float = 1) -> jax.Array:
+    """`beta * bias + alpha * sum_i (a[i] @ b[i])` for `a (B, n, k)`, `b (B, k, m)`: `(n, m)`."""
+    return _scaled_sum(bias, _matmul(a, b).sum(0), beta, alpha)
+
+
 @register("aten.addmv.default")
 def addmv(bias: jax.Array, a: jax.Array, v: jax.Array, beta: float = 1, alpha: float = 1) -> jax.Array:
     """`beta * bias + alpha * (a @ v)` for `a (n, k)`, `v (k,)`."""

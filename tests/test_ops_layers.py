@@ -293,6 +293,30 @@ def test_bilinear(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_grid_sample_at_positions_the_network_computes(dtype, mode, padding, align_corners):
+    # A learned warp of a (3 x 8) image: positions reach beyond [-1, 1], where padding decides.
+    def head(y):
+        image = y[:, :1].reshape(-1, 1, 3, 8)
+        grid = torch.stack([1.4 * torch.tanh(y[:, 1]), torch.tanh(y[:, 2])], -1).reshape(-1, 2, 12, 2)
+        return torch.nn.functional.grid_sample(image, grid, mode, padding, align_corners)
+
+    assert_converts(Apply(nn.Conv1d(2, 3, 1), head=head), (2, 24), dtype)
+
+
+def _addbmm_per_sample(y: torch.Tensor) -> torch.Tensor:
+    # addbmm sums over its first axis: the sample's channels here, so that samples stay apart.
+    return torch.stack([torch.addbmm(s[:, :2, None].sum(0), s[:, :2, None], s[:, None, 2:5], beta=0.5) for s in y])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_addbmm(dtype):
+    assert_converts(Apply(nn.Conv1d(2, 3, 1), head=_addbmm_per_sample), (2, 8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_norm_parametrization(dtype):
     bank = Bank(*(nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3), dim=dim) for dim in (0, 1, None)))
     assert_converts(nn.Sequential(bank, nn.Tanh()), (2, 8), dtype)
