@@ -99,6 +99,13 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         # Traced from the state after its first call, as the model runs in inference; the
         # check runs torch from the state at conversion, so a cache forward would not rebuild shows.
         program, decomposed, failure = _traced_and_decomposed(net, sample)
+    if decomposed is None:
+        # Tensors made from Python numbers are real constants under `_RealConstants`, and
+        # torch refuses a forward that edits one in place (x-transformers' dynamic position
+        # bias: `indices += j - 1` on an arange): traced as torch traces, it may convert.
+        retry = _traced_and_decomposed(net, sample, real_constants=False)
+        if retry[1] is not None:
+            return retry[1]
     if decomposed is not None:
         return decomposed
     if program is not None:  # traced, but not decomposed: once more without the tracing aids
@@ -148,9 +155,12 @@ def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.Exported
 
 
 def _traced_and_decomposed(
-    net: torch.nn.Module, sample: torch.Tensor
+    net: torch.nn.Module, sample: torch.Tensor, real_constants: bool = True
 ) -> tuple[torch.export.ExportedProgram | None, torch.export.ExportedProgram | None, Exception | None]:
-    """`(traced, decomposed, failure)`: the traced program, or None, decomposed, or None, and why not."""
+    """`(traced, decomposed, failure)`: the traced program, or None, decomposed, or None, and why not.
+
+    `real_constants`: trace under `_RealConstants`, which keeps the values of tensors made from numbers.
+    """
     # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
     # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
     # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
@@ -164,7 +174,7 @@ def _traced_and_decomposed(
         _distribution_arguments_unvalidated(),
         _custom_backwards_noted(),
         checkpoints_inlined(),
-        _RealConstants(),
+        _RealConstants() if real_constants else contextlib.nullcontext(),
     ):
         try:
             with contextlib.redirect_stderr(printed):

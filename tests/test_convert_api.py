@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 import jaxjac
 import jaxjac._check
 import jaxjac._convert
+import jaxjac._export
 import jaxjac._masked_regions
 from jaxjac import converters
 from jaxjac._check import float64_verdict, format_report
@@ -932,6 +933,41 @@ def test_activation_checkpointing_converts_and_is_checked(how):
     assert model.metadata["check"]["passed"]
     expected = torch_reference(net.body, x)[1].reshape(3, -1, 2, 8)
     np.testing.assert_allclose(jaxjac.jacobian(model, x.numpy()), expected, rtol=1e-5, atol=1e-6)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned bias by time offset, its table indexed by offsets made in place, as x-transformers' is."""
+
+    def __init__(self, length: int = 8):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(2 * length - 1))
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        n = x.shape[-1]
+        offsets = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+        offsets += n - 1  # in place, on a tensor made from numbers
+        return self.conv(x) @ self.table[offsets]
+
+
+def test_a_tensor_made_from_numbers_and_edited_in_place_converts():
+    assert_converts(RelativePositionBias(), (2, 8), "float64")
+
+
+class _RefusesAranges(torch.overrides.TorchFunctionMode):
+    """Stands in for the tracing aid that keeps the values of tensors made from numbers, failing as it did."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func is torch.arange:
+            raise RuntimeError("Constant lifted_tensor_0 is mutated in the forward method. Pls register it as buffer")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_forward_the_tracing_aids_fail_on_is_traced_as_torch_traces_it(monkeypatch):
+    # x-transformers' dynamic position bias edits in place an arange made by einx, which torch
+    # refused under the aid (a mutated constant) and traces without it.
+    monkeypatch.setattr(jaxjac._export, "_RealConstants", _RefusesAranges)
+    assert_converts(RelativePositionBias(), (2, 8), "float64")
 
 
 class ReadsTopPeriod(nn.Module):
