@@ -33,9 +33,10 @@ class _Snapshot:
         ]
         # What each module held, to hand it back as it came: tracing runs forward on fake tensors,
         # and a forward that caches a tensor (`if self.bias is None: self.register_buffer("bias",
-        # ...)`, x-transformers' ALiBi) would keep a fake one, which torch cannot run on.
+        # ...)`, x-transformers' ALiBi) would keep a fake one, which torch cannot run on; the
+        # numbers a cache is keyed by go back with it.
         self.held = [
-            (module, dict(module._buffers), {k: v for k, v in vars(module).items() if _is_tensor_or_none(v)})
+            (module, dict(module._buffers), {k: v for k, v in vars(module).items() if _is_plain_state(k, v)})
             for _, module in net.named_modules()
             if not isinstance(module, torch.jit.ScriptModule)  # its state is TorchScript's, not a dict
         ]
@@ -64,7 +65,7 @@ class _Snapshot:
             for name in [n for n in module._buffers if n not in buffers]:
                 del module._buffers[name]
             module._buffers.update({name: None for name, tensor in buffers.items() if tensor is None})
-            for name in [n for n, v in vars(module).items() if n not in attributes and isinstance(v, torch.Tensor)]:
+            for name in [n for n, v in vars(module).items() if n not in attributes and _is_plain_state(n, v)]:
                 delattr(module, name)
             vars(module).update(attributes)
         for entry in self.entries:
@@ -76,8 +77,13 @@ class _Snapshot:
                 entry[5] = _version(tensor)
 
 
-def _is_tensor_or_none(value: object) -> bool:
-    return value is None or isinstance(value, torch.Tensor)
+def _is_plain_state(name: str, value: object) -> bool:
+    """Whether attribute `name` holds state a forward may set: a tensor, a number, a string or None.
+
+    Numbers count with the tensors they key (darts' TFT rebuilds `relative_index` when the batch
+    size differs from `batch_size_last`); `training` is the eval-mode switch's, not forward's.
+    """
+    return name != "training" and (value is None or isinstance(value, torch.Tensor | bool | int | float | str))
 
 
 def _equal(tensor: torch.Tensor, value: torch.Tensor) -> bool:
