@@ -239,3 +239,15 @@ def kaiser_window(length: int, periodic: bool = True, beta: float = 12.0, dtype:
             np.i0(beta * np.sqrt(np.clip(1 - ((n - (N - 1) / 2) / ((N - 1) / 2)) ** 2, 0, None))) / np.i0(beta)
         ),
     )
+
+
+@register("aten.fft_rfftfreq.default")
+def rfftfreq(n: int, d: float = 1.0, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(n // 2 + 1,)`: the frequencies of `torch.fft.rfft`'s bins, for sample spacing `d`."""
+    return jnp.asarray(np.arange(n // 2 + 1) / (n * d), _canonical(dtype, jnp.float32))
+
+
+@register("aten.fft_fftfreq.default")
+def fftfreq(n: int, d: float = 1.0, dtype: jnp.dtype | None = None) -> jax.Array:
+    """`(n,)`: the frequencies of `torch.fft.fft`'s bins, negative ones last, for sample spacing `d`."""
+    return jnp.asarray(np.fft.fftfreq(n, d), _canonical(dtype, jnp.float32))

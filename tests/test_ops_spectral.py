@@ -57,6 +57,12 @@ CASES = {
         )
         + x[..., :1] * torch.kaiser_window(1, dtype=x.dtype)
     ),
+    # Frequencies of the bins, as a seasonal layer weighs them (pypots' ETSformer).
+    "fftfreq": lambda x: (
+        torch.fft.rfft(x).abs() * torch.fft.rfftfreq(L, d=0.5, dtype=x.dtype)
+        + torch.fft.fftfreq(L, dtype=x.dtype)[: L // 2 + 1]
+        + torch.fft.rfftfreq(L - 1, dtype=x.dtype)[: L // 2].sum()
+    ),
     "complex-arithmetic": lambda x: torch.view_as_real(
         torch.complex(x, x**2) * torch.polar(x.abs() + 1, x) / (torch.complex(x, torch.ones_like(x)) + 2)
     ).sum(-1),
