@@ -5,6 +5,7 @@ Importing this package fills the registry; `lookup` and `supported_ops` read it.
 
 from . import (  # noqa: F401  (imported to register their lowerings)
     activation,
+    branches,
     conv,
     creation,
     elementwise,

@@ -22,6 +22,7 @@ from ._model import ConvertedModel
 from ._module_state import before_forward, restore_all, state_kept
 from ._torch_dtypes import in_dtype
 from ._xla_options import jit
+from .converters.branches import branch_sites
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 0.0
@@ -230,6 +231,7 @@ def check_conversion(
         report[f"{key}_max_rel_error"] = rel_err
         if not (np.all(np.isfinite(actual)) and abs_err <= atol + rtol * scale):
             failed.append(key)
+    _refuse_probes_off_the_traced_branches(model, actual_out, finite, report)
     if failed and np.dtype(model.dtype) == np.float32:
         failed = _unless_explained_in_float64(
             net, x[torch.as_tensor(finite)], arrays, failed, output_index, cotangents, rtol, atol, report
@@ -264,6 +266,26 @@ def check_conversion(
             report,
         )
     return report
+
+
+def _refuse_probes_off_the_traced_branches(
+    model: ConvertedModel, actual_out: np.ndarray, finite: np.ndarray, report: dict
+) -> None:
+    """Raise when probes take other branches on the data than the example did (`converters.branches`): NaN for them."""
+    sites = branch_sites(model.graph.nodes)
+    off = finite & ~np.isfinite(actual_out).all(1)
+    if not (sites and off.any()):
+        return
+    report["passed"] = False
+    report["probes_off_the_traced_branches"] = int(off.sum())
+    raise ConversionCheckError(
+        f"{int(off.sum())} of {len(off)} probe inputs take other branches than the example input the model was "
+        f"traced on, where forward branches on the input's values (at {', '.join(sites)}); jaxjac gives NaN for "
+        "them, as for any such sample. If your data takes one way there, convert with an example of it (the first "
+        "row of example_input, or of --check-data, with real samples); otherwise that branch cannot be converted "
+        "for every sample at once",
+        report,
+    )
 
 
 def _torch_self_disagreement(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
+from ._branches import BranchesAsTaken, record_branches
 from ._errors import JaxjacError
 from ._known_values import KnownValues
 from ._module_state import restore_all
@@ -99,11 +100,17 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
         # Traced from the state after its first call, as the model runs in inference; the
         # check runs torch from the state at conversion, so a cache forward would not rebuild shows.
         program, decomposed, failure = _traced_and_decomposed(net, sample)
+    branches = None
+    if decomposed is None and program is None and "data-dependent" in str(failure):
+        branches = _branches_taken(net, sample)
+        retry = _traced_and_decomposed(net, sample, branches=branches)
+        if retry[0] is not None:  # it got further: what stops it now is the news
+            program, decomposed, failure = retry
     if decomposed is None:
         # Tensors made from Python numbers are real constants under `_RealConstants`, and
         # torch refuses a forward that edits one in place (x-transformers' dynamic position
         # bias: `indices += j - 1` on an arange): traced as torch traces, it may convert.
-        retry = _traced_and_decomposed(net, sample, real_constants=False)
+        retry = _traced_and_decomposed(net, sample, real_constants=False, branches=branches)
         if retry[1] is not None:
             return retry[1]
     if decomposed is not None:
@@ -144,6 +151,16 @@ def _eager_failure(net: torch.nn.Module, sample: torch.Tensor) -> Exception | No
     return None
 
 
+def _branches_taken(net: torch.nn.Module, sample: torch.Tensor) -> dict[str, list[bool]] | None:
+    """What each `bool(tensor)` in forward comes out as on `sample` (see `_branches`), or None if forward fails."""
+    try:
+        with eval_mode(net, warn=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing warned already
+            return record_branches(net, sample)
+    except Exception:  # noqa: BLE001  (a forward that fails eagerly is reported by the caller)
+        return None
+
+
 def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.ExportedProgram:
     try:
         with _integer_buffers_as_constants(net):
@@ -155,12 +172,17 @@ def _export(net: torch.nn.Module, sample: torch.Tensor) -> torch.export.Exported
 
 
 def _traced_and_decomposed(
-    net: torch.nn.Module, sample: torch.Tensor, real_constants: bool = True
+    net: torch.nn.Module,
+    sample: torch.Tensor,
+    real_constants: bool = True,
+    branches: dict[str, list[bool]] | None = None,
 ) -> tuple[torch.export.ExportedProgram | None, torch.export.ExportedProgram | None, Exception | None]:
     """`(traced, decomposed, failure)`: the traced program, or None, decomposed, or None, and why not.
 
     `real_constants`: trace under `_RealConstants`, which keeps the values of tensors made from numbers.
+    `branches`: trace each branch on the data as recorded (`_branches_taken`), guarded.
     """
+    as_taken = BranchesAsTaken(branches) if branches else None
     # Traced with gradients on, so that a `with torch.no_grad():` block inside forward
     # shows in the graph (as a `wrap_with_set_grad_enabled` call) and can stop gradients.
     # torch.export prints a failed trace's partial graph to stderr (dozens of lines before
@@ -175,6 +197,7 @@ def _traced_and_decomposed(
         _custom_backwards_noted(),
         checkpoints_inlined(),
         _RealConstants() if real_constants else contextlib.nullcontext(),
+        as_taken or contextlib.nullcontext(),
     ):
         try:
             with contextlib.redirect_stderr(printed):
@@ -186,9 +209,19 @@ def _traced_and_decomposed(
         sys.stderr.write(printed.getvalue())
         _detach_no_grad_blocks(program)
         try:
-            return program, program.run_decompositions(_decomposition_table()), None
+            decomposed = program.run_decompositions(_decomposition_table())
         except Exception as error:  # torch's own assertion (torch.linalg.solve under _RealConstants)
             return program, None, error
+    if as_taken is not None and as_taken.sites:
+        warnings.warn(
+            f"forward branches on the input's values (at {', '.join(as_taken.sites)}), so no one program "
+            "computes it for every input: jaxjac traced the branches the example input takes, and gives NaN "
+            "outputs and Jacobian rows for any sample that takes another. Convert with an example (--check-data) "
+            "whose first sample takes the branches your data takes",
+            UserWarning,
+            stacklevel=4,
+        )
+    return program, decomposed, None
 
 
 @contextlib.contextmanager

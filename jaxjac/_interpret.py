@@ -16,6 +16,7 @@ from . import converters
 from ._errors import JaxjacError, LoweringError, UnsupportedOpError, first_line
 from ._graph import DType, Graph, Ref
 from ._half_floats import computed_in_float32, half_float_of
+from .converters.branches import BRANCH_GUARD, poisoned_unless
 from .converters.layout import contains_channels_last, to_logical
 from .converters.registry import ModelError, channels_last_rule
 
@@ -207,7 +208,8 @@ def run_graph(
                 # Samples were checked against the model's shape before this, so
                 # a rule failing here is a case it does not handle: name it.
                 raise LoweringError(node.op, node.where(), error) from error
-        return tuple(to_logical(value(ref)) for ref in graph.outputs)
+        outputs = tuple(to_logical(value(ref)) for ref in graph.outputs)
+        return poisoned_unless(outputs, [env[node.name] for node in graph.nodes if node.op == BRANCH_GUARD])
 
 
 def _call(op: str, fn: Any, layout: str, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._branches import GUARD_PREFIX
 from ._errors import JaxjacError
 from ._graph import DType, Graph, Node, Ref
 from ._interpret import check_supported, complex_dtype
 from ._masked_regions import rewrite_masked_assignments
+from .converters.branches import BRANCH_GUARD
 
 # Arguments that say where or how torch lays out memory: meaningless in JAX.
 _PLACEMENT_KWARGS = frozenset({"device", "layout", "pin_memory", "memory_format", "non_blocking"})
@@ -138,11 +140,12 @@ def lower_program(
                 kwargs["dtype"] = val.dtype
             kwargs.update(_memory_layout(fx_node))
             path, kind = _module_of(fx_node)
+            op, args = _branch_guard(fx_node) or (op_name(fx_node.target), fx_node.args)
             nodes.append(
                 Node(
                     name=fx_node.name,
-                    op=op_name(fx_node.target),
-                    args=tuple(convert_arg(a) for a in fx_node.args),
+                    op=op,
+                    args=tuple(convert_arg(a) for a in args),
                     kwargs=tuple(sorted((k, convert_arg(v)) for k, v in kwargs.items())),
                     module_path=path,
                     module_type=kind,
@@ -159,6 +162,16 @@ def lower_program(
     graph = Graph(input_name=user_inputs[0], nodes=tuple(nodes), outputs=outputs, tensors=tuple(tensors))
     check_supported(graph)
     return graph, tensors
+
+
+def _branch_guard(fx_node: torch.fx.Node) -> tuple[str, tuple[Any, ...]] | None:
+    """`(op, args)` of the `jaxjac.branch_guard` that a traced branch's assertion stands for, else None (see `_branches`)."""
+    if fx_node.target is not torch.ops.aten._assert_async.msg:
+        return None
+    condition, message = fx_node.args
+    if not (isinstance(message, str) and message.startswith(GUARD_PREFIX)):
+        return None
+    return BRANCH_GUARD, (condition, message.removeprefix(GUARD_PREFIX))
 
 
 # Ops whose values depend on how torch laid out their input in memory: the

@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             model = convert(
                 checkpoint.net,
-                np.zeros((1, *sample_shape)),
+                # A real sample, where given: a forward that branches on the data is traced its way.
+                np.zeros((1, *sample_shape)) if check_data is None else check_data[:1],
                 dtype=args.dtype,
                 output_index=args.output_index,
                 check=not args.no_check,

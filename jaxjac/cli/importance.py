@@ -190,12 +190,13 @@ def run(args: argparse.Namespace) -> int:
     from .._progress import Progress
     from .._readers import open_reader
     from .._run import check_labels
-    from .jacobian import _load_model, _read_labels, _signals_stop
+    from .jacobian import _load_model, _note_branches, _read_labels, _signals_stop
 
     cache = args.compile_cache or default_cache_dir()
     enable_compile_cache(None if str(cache) == "off" else cache)
     _check_outputs(args)
     model = _load_model(args.model, flax_module=True)  # the randomisation check splits its nnx.Params
+    _note_branches(args, model)
     reader = open_reader(
         args.data, sample_shape=model.sample_shape, dtype=model.dtype, key=args.key, cube=args.cube, flag="DATA"
     )

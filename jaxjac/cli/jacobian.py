@@ -215,6 +215,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
     )
     job = _Job()
     job.model = model = _load_model(args.model)
+    _note_branches(args, model)
     job.target = "all" if args.target is None else args.target
     job.output = args.output.replace("-", "_")
     job.dtype = args.dtype or model.spec.dtype  # a float64 model's Jacobians are not rounded unasked
@@ -550,3 +551,11 @@ def _resume_command(args: argparse.Namespace, batch_size: int) -> str:
 def _note(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print_note(message)
+
+
+def _note_branches(args: argparse.Namespace, model) -> None:  # noqa: ANN001  (either kind of loaded model)
+    from ..converters.branches import branch_note
+
+    note = branch_note(model.graph.nodes)
+    if note is not None:
+        _note(args, note)

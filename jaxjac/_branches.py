@@ -1,0 +1,95 @@
+"""Branches on the data: recorded on the example input, then traced that way with a guard.
+
+torch.export traces with fake tensors, which have shapes but no values, so a
+forward that branches on its input (`if torch.isnan(x).any():`, `if
+mask.sum() == 0:`, `assert (x >= 0).all()`) cannot be traced. jaxjac runs
+forward once on the example input, records what each such condition was,
+then traces with each condition taken as it was and records the condition
+itself in the graph (a `torch._assert_async` that `_lower` turns into a
+`jaxjac.branch_guard`). A sample whose conditions come out otherwise gets
+NaN rows (`converters.branches`), so taking the wrong branch never passes
+for a result.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+
+import torch
+from torch._subclasses.fake_tensor import is_fake
+
+# The message of the assertion a guard is traced as, followed by its site ("model.py:42").
+GUARD_PREFIX = "jaxjac branch guard at "
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _site() -> str:
+    """`file:line` of the code that asked for a tensor's truth: the first frame outside jaxjac and torch."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not (filename.startswith(_HERE) or filename.startswith(_TORCH)):
+            return f"{os.path.basename(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<torch>"
+
+
+class BranchRecorder(torch.overrides.TorchFunctionMode):
+    """In the block, records each `bool(tensor)` forward asks for: `taken[site]` lists its values in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: dict[str, list[bool]] = defaultdict(list)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
+        result = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.__bool__:
+            self.taken[_site()].append(bool(result))
+        return result
+
+
+class BranchesAsTaken(torch.overrides.TorchFunctionMode):
+    """In the block, `bool(t)` of a traced tensor `t` is what it was at the same site and turn when recorded.
+
+    Each such condition is traced as an assertion that it comes out that way
+    again; `sites` lists where (`file:line`). Entered after (inside) the other
+    tracing aids, so that it counts every `bool()` forward asks for, as the
+    recorder did, and a constant's reaches them.
+    """
+
+    def __init__(self, taken: dict[str, list[bool]]) -> None:
+        super().__init__()
+        self._taken = taken
+        self._turns: dict[str, int] = defaultdict(int)
+        self.sites: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
+        if func is not torch.Tensor.__bool__:
+            return func(*args, **(kwargs or {}))
+        site = _site()
+        turn = self._turns[site]
+        self._turns[site] += 1
+        condition = args[0]
+        if not is_fake(condition):
+            return func(*args, **(kwargs or {}))
+        recorded = self._taken.get(site, [])
+        if turn >= len(recorded):  # the trace went where the example did not: no value to take
+            return func(*args, **(kwargs or {}))
+        taken = recorded[turn]
+        holds = condition.bool() if taken else condition.logical_not()
+        torch._assert_async(holds, GUARD_PREFIX + site)
+        if site not in self.sites:
+            self.sites.append(site)
+        return taken
+
+
+def record_branches(net: torch.nn.Module, sample: torch.Tensor) -> dict[str, list[bool]]:
+    """Run `net(sample)` (no gradients) and return what each `bool(tensor)` in it came out as, by site."""
+    recorder = BranchRecorder()
+    with torch.no_grad(), recorder:
+        net(sample)
+    return dict(recorder.taken)
