@@ -15,7 +15,7 @@ from ._errors import JaxjacError
 from ._export import export_one_sample
 from ._graph import DType
 from ._graph_model import ModelSpec, output_shape_of, warn_float64_without_x64
-from ._lower import lower_program
+from ._lower import lower_program, output_position
 from ._model import ConvertedModel
 from ._module_state import before_forward, state_kept
 from ._torch_dtypes import in_dtype
@@ -75,7 +75,7 @@ def convert(
     example_input: Any,
     *,
     dtype: str = "float32",
-    output_index: int | None = None,
+    output_index: int | str | None = None,
     check: bool = True,
     check_data: np.ndarray | None = None,
     n_probes: int = 8,
@@ -96,7 +96,9 @@ def convert(
       shape is used to trace.
     - `dtype`: ``"float32"`` or ``"float64"`` (the latter needs
       `jax.config.update("jax_enable_x64", True)` or `jax.enable_x64()`).
-    - `output_index`: which output to keep when `forward` returns several.
+    - `output_index`: which output to keep when `forward` returns several:
+      its position among the tensors forward returns, or its name, a dict
+      key (``"logits"``) or path (``"out[1]['pred']"``).
     - `check`: compare outputs and Jacobians with torch on probe inputs.
     - `check_data`: probe inputs `(P, *sample_shape)`; default:
       `default_probes(example_input, n_probes, seed)`, samples like the
@@ -126,6 +128,7 @@ def convert(
         sample = sample.to(_TORCH_DTYPES[dtype])
         before_forward(net)  # the state the graph computes from, whatever tracing does to it
         program = export_one_sample(net, sample)
+        output_index = output_position(program, output_index)
         graph, tensors = lower_program(program, float_dtype=np.dtype(dtype), output_index=output_index)
         _warn_float64_steps(graph, tensors)
         parameters = frozenset(

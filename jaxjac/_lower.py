@@ -202,6 +202,38 @@ def _drops(node: torch.fx.Node, dropped: set[str]) -> bool:
     return node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node) and node.args[0].name in dropped
 
 
+def output_position(program: torch.export.ExportedProgram, choice: int | str | None) -> int | None:
+    """The flat position of the output `choice` names: an index as it is, or a name from what forward returns.
+
+    A name is a dict key or a path as jaxjac lists the outputs: ``"logits"``,
+    ``"out['logits']"``, ``"[1]['pred']"``. A key matches wherever it is last
+    on a path, if it is on one path only.
+    """
+    if not isinstance(choice, str):
+        return choice
+    user = torch.export.graph_signature.OutputKind.USER_OUTPUT
+    n = sum(spec.kind == user for spec in program.graph_signature.output_specs)
+    names = _output_names(program, n)
+    wanted = choice.strip()
+    matches = [
+        i
+        for i, name in enumerate(names)
+        if wanted in (name, name.removeprefix("out")) or name.endswith(f"[{wanted!r}]")
+    ]
+    listing = ", ".join(f"{i}: {name}" for i, name in enumerate(names)) or f"{n} unnamed values"
+    if not matches:
+        raise JaxjacError(
+            f"output {choice!r} (`--output-index` on the command line) names none of the model's outputs "
+            f"({listing}); pass one of those names or its number"
+        )
+    if len(matches) > 1:
+        raise JaxjacError(
+            f"output {choice!r} (`--output-index` on the command line) names {len(matches)} of the model's outputs "
+            f"({', '.join(names[i] for i in matches)}); pass the whole path or the number"
+        )
+    return matches[0]
+
+
 def _output_names(program: torch.export.ExportedProgram, n: int) -> list[str]:
     """Where each of forward's `n` flat outputs sits in what it returns: `out['logits']`, `out[1]`."""
     try:
@@ -229,8 +261,8 @@ def _pick_output(outputs: tuple[Any, ...], output_index: int | None, names: list
         if len(outputs) != 1:
             listing = f" ({', '.join(f'{i}: {name}' for i, name in enumerate(names))})" if names else ""
             raise JaxjacError(
-                f"the model's forward returns {len(outputs)} values{listing}; pass output_index "
-                "(`--output-index` on the command line) to choose the one to differentiate"
+                f"the model's forward returns {len(outputs)} values{listing}; pass output_index, a number or a "
+                "name from that list (`--output-index` on the command line), to choose the one to differentiate"
             )
         output_index = 0
     if not -len(outputs) <= output_index < len(outputs):

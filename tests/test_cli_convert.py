@@ -222,6 +222,10 @@ def test_failed_check_writes_nothing(ckpts, arch, tmp_path, capsys, monkeypatch,
             r"value, numbered from 0",
         ),
         (
+            ["{dynamic}", "--output-index", "logits"],
+            r"output 'logits' \(`--output-index` on the command line\) names none of the model's outputs \(0: out\)",
+        ),
+        (
             ["{dynamic}", "--probes", "1000000000000"],
             r"out of memory making --probes 1000000000000 random samples of shape \(1, 32\) for the check; a few",
         ),

@@ -442,6 +442,48 @@ def test_forward_returning_a_dict_converts_and_is_checked():
     np.testing.assert_allclose(np.asarray(probs(x.numpy())).sum(-1), 1.0, rtol=1e-5)
 
 
+class NestedOutputs(nn.Module):
+    """Returns `{'a': {'pred': y}, 'b': {'pred': relu(y)}, 'logits': 2y}`, as pypots' models return dicts."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return {"a": {"pred": y}, "b": {"pred": y.relu()}, "logits": 2 * y}
+
+
+@pytest.mark.parametrize(
+    ("name", "pick"),
+    [
+        ("logits", lambda out: out["logits"]),
+        ("out['b']['pred']", lambda out: out["b"]["pred"]),
+        ("['a']['pred']", lambda out: out["a"]["pred"]),
+    ],
+)
+def test_an_output_is_chosen_by_its_name(name, pick):
+    net, x = NestedOutputs().eval(), torch.randn(3, 1, 8)
+    model = jaxjac.convert(net, x, output_index=name)
+    assert model.metadata["check"]["passed"]
+    np.testing.assert_allclose(np.asarray(model(x.numpy())), pick(net(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("pred", r"output 'pred' .* names 2 of the model's outputs \(out\['a'\]\['pred'\], out\['b'\]\['pred'\]\)"),
+        (
+            "probs",
+            r"output 'probs' .* names none of the model's outputs \(0: out\['a'\]\['pred'\], .*2: out\['logits'\]\)",
+        ),
+    ],
+)
+def test_an_output_name_that_fits_none_or_several_is_refused_with_the_names(name, error):
+    with pytest.raises(jaxjac.JaxjacError, match=error):
+        jaxjac.convert(NestedOutputs().eval(), torch.randn(3, 1, 8), output_index=name)
+
+
 def test_something_that_is_not_a_module_is_refused():
     with pytest.raises(jaxjac.JaxjacError, match="expected a torch.nn.Module to convert, got str"):
         jaxjac.convert("net.pt", torch.randn(2, 1, 8))

@@ -113,7 +113,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "float64"), default="float32", help="float type (default float32)"
     )
     parser.add_argument(
-        "--output-index", type=int, metavar="I", help="which output to keep when forward returns several"
+        "--output-index",
+        type=_index_or_name,
+        metavar="I|NAME",
+        help="which output to keep when forward returns several: its number, or its dict key or path as the "
+        "error lists them (--output-index logits, --output-index \"out[1]['pred']\")",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.add_argument(
@@ -209,6 +213,14 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(model.metadata["check"]))
     print(f"wrote {output} (input {sample_shape} -> output {model.output_shape}, {model.dtype})")
     return 0
+
+
+def _index_or_name(text: str) -> int | str:
+    """`--output-index`: a number where it reads as one, else a name."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _refuse_a_sample_beyond_memory(shape: tuple[int, ...], dtype: str) -> None:
