@@ -633,6 +633,8 @@ class _RealConstants(torch.overrides.TorchFunctionMode):
                     return func(value, *args[1:], **kwargs)
         if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
             args = (args[0], _constant_masks_as_positions(args[1]), *args[2:])
+        if func in (torch.masked_select, torch.Tensor.masked_select) and len(args) == 2 and _is_constant_mask(args[1]):
+            return _selected_by_constant_mask(*args)
         tensors = [leaf for leaf in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
         made_here = func in _CONSTANT_FACTORIES and not tensors
         constant = bool(tensors) and not any(_is_traced(t) for t in tensors)
@@ -674,6 +676,21 @@ def _constant_masks_as_positions(index: Any) -> Any:
         else:
             expanded.append(entry)
     return tuple(expanded)
+
+
+def _selected_by_constant_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`torch.masked_select(x, mask)` for a constant `mask`, as an index by the positions it holds.
+
+    The selection's length is the mask's count, known while traced (a band
+    selection by a bool buffer, say); torch.export refuses the op itself as
+    data-dependent whatever the mask.
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    shape = torch.broadcast_shapes(x.shape, mask.shape)
+    with _disable_current_modes():
+        positions = torch.nonzero(mask.expand(shape), as_tuple=True)
+    return x.expand(shape)[positions]
 
 
 def _is_constant_mask(entry: Any) -> bool:

@@ -1309,13 +1309,17 @@ class CleansByMask(nn.Module):
             x[x < 0] = 0.5
         elif self.by == "input-leading-axes":
             x[:, :, x[0, 0] > 0] = -1.0
+        elif self.by == "masked-select":  # band selection by a bool buffer: (N, 1, 8) -> (N, 1, 5)
+            return self.conv(torch.masked_select(x, self.mask).view(x.shape[0], 1, -1) + x[..., :5]).flatten(1)
+        elif self.by == "masked-select-method":
+            x = x * x.masked_select(self.mask).view(x.shape[0], 1, -1).sum(-1, keepdim=True)
         else:
             x[:, :, self.mask] = x[:, :, self.mask] * 2 + x[:, :, ~self.mask].sum(-1, keepdim=True)
         return self.conv(x).flatten(1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("by", ["input", "input-leading-axes", "buffer"])
+@pytest.mark.parametrize("by", ["input", "input-leading-axes", "buffer", "masked-select", "masked-select-method"])
 def test_assigning_through_a_bool_mask_converts(by, dtype):
     # A mask of the input selects a shape JAX cannot know, but one value assigned to
     # it is a select; a constant mask's positions are known while traced.
