@@ -11,6 +11,8 @@ Formats, detected by content first and by extension second:
   with `key`. Needs torch; nothing else does.
 - HDF5 (`.h5`, `.hdf5`, ...): the dataset named by `key` (or the only one), sliced by h5py.
 - zarr (a directory store, usually `.zarr`): an array, or a group with `key`.
+- MATLAB `.mat`: the variable named by `key` (or the only numeric one), in MATLAB's axis order.
+  A v7.3 file (HDF5) is streamed; older ones are read whole (a note says so).
 
 The file holds `(N, *S)` samples. `S` equal to the model's sample shape is used as is; `S` with
 the same sizes apart from size-1 axes (`(N, 224)` for `(1, 224)`) is reshaped, with a note. With
@@ -30,7 +32,7 @@ from ._durable import path_kind
 from ._errors import JaxjacError
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_EXTENSIONS = {".npy": "npy", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".zarr": "zarr"}
+_EXTENSIONS = {".npy": "npy", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".zarr": "zarr", ".mat": "mat"}
 _EXTENSIONS.update(dict.fromkeys((".h5", ".hdf5", ".hdf", ".he5", ".nc"), "hdf5"))
 
 
@@ -112,6 +114,7 @@ def open_reader(
         "torch": lambda: _sources.open_torch(path, where, key),
         "hdf5": lambda: _sources.open_hdf5(path, where, key),
         "zarr": lambda: _sources.open_zarr(path, where, key),
+        "mat": lambda: _sources.open_mat(path, where, key),
     }[kind]
     try:
         source = opener()
@@ -141,7 +144,7 @@ def _detect(path: str, where: str) -> str:
             return "zarr"
         raise JaxjacError(f"{where} is a folder but not a zarr store (no zarr.json, .zarray or .zgroup in it)")
     if found != "a file":  # reading a pipe or a device would never end
-        raise JaxjacError(f"{where}: expected a data file (.npy, .npz, .h5, .zarr); found {found}")
+        raise JaxjacError(f"{where}: expected a data file (.npy, .npz, .h5, .mat, .zarr); found {found}")
     if not os.access(path, os.R_OK):
         raise JaxjacError(f"{where} is not readable (permission denied)")
     try:
@@ -152,6 +155,8 @@ def _detect(path: str, where: str) -> str:
     ext = _EXTENSIONS.get(os.path.splitext(path)[1].lower())
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head.startswith(b"MATLAB") or ext == "mat":  # v5 and v7.3 open with a text header; v4 has none
+        return "mat"
     if head == _HDF5_MAGIC:
         return "hdf5"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):

@@ -174,7 +174,13 @@ def pick_key(names: list[str], key: str | None, where: str, what: str) -> str:
     return key
 
 
-def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
+def open_hdf5(path: str, where: str, key: str | None, *, matlab: bool = False) -> ArraySource:
+    """An HDF5 dataset; with `matlab`, one of a MATLAB v7.3 file, whose axes are read in MATLAB's order.
+
+    MATLAB stores arrays column-major, so HDF5 sees an `(H, W, B)` cube as
+    `(B, W, H)`: the source reverses the axes back, reading rows along the
+    stored last axis.
+    """
     h5py = need("h5py", f"reading HDF5 file {path}")
     try:
         f = h5py.File(path, "r")
@@ -182,6 +188,8 @@ def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
         f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise JaxjacError(f"{where} is not a readable HDF5 file ({first_line(e)})") from None
+    if matlab:  # MATLAB's own bookkeeping: the targets of cell and struct references
+        names = [n for n in names if not n.startswith(("#refs#", "#subsystem#"))]
     key = key.strip("/") if key else key
     try:
         if key is not None and key not in names and _links_to_a_dataset(h5py, f, key, where):
@@ -201,11 +209,45 @@ def open_hdf5(path: str, where: str, key: str | None) -> ArraySource:
 
     def get(lo: int, hi: int) -> np.ndarray:
         try:
-            return ds[lo:hi]
+            return np.transpose(ds[..., lo:hi]) if matlab else ds[lo:hi]
         except (OSError, RuntimeError, ValueError) as e:
             raise JaxjacError(f"{where} is corrupt: reading rows {lo}:{hi} failed ({first_line(e)})") from None
 
-    return ArraySource(ds, get=get, close=f.close, notes=notes)
+    return ArraySource(ds, shape=ds.shape[::-1] if matlab else None, get=get, close=f.close, notes=notes)
+
+
+# MATLAB classes that hold numbers (`scipy.io.whosmat` names them so); logical reads as uint8.
+_MAT_NUMERIC = frozenset(
+    {"double", "single", "logical", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
+)
+
+
+def open_mat(path: str, where: str, key: str | None) -> ArraySource:
+    """A variable of a MATLAB `.mat` file, in the shape MATLAB shows it.
+
+    A v7.3 file is HDF5 and is streamed (`open_hdf5`); v4 to v7 files, which
+    cannot be sliced, are read whole by SciPy (their format caps them at 2 GB).
+    """
+    h5py = need("h5py", f"reading MATLAB file {path}")
+    if h5py.is_hdf5(path):
+        return open_hdf5(path, where, key, matlab=True)
+    import scipy.io
+
+    try:
+        listing = scipy.io.whosmat(path)
+    except Exception as e:  # scipy raises many types on bytes it cannot parse
+        raise JaxjacError(f"{where} is not a readable MATLAB file ({first_line(e)})") from None
+    numeric = [name for name, _, kind in listing if kind in _MAT_NUMERIC]
+    name = pick_key(numeric, key, where, "numeric arrays")
+    try:
+        array = np.asarray(scipy.io.loadmat(path, variable_names=[name])[name])
+    except Exception as e:  # as above
+        raise JaxjacError(f"{where} is corrupt: reading array `{name}` failed ({first_line(e)})") from None
+    note = (
+        f"{where}: MATLAB files before v7.3 cannot be read in slices, so array `{name}` ({array.nbytes / 2**20:,.1f} "
+        "MiB) was read whole; save with -v7.3 (HDF5) or as .npy to stream it"
+    )
+    return ArraySource(array, notes=[note])
 
 
 def _links_to_a_dataset(h5py, f, key: str, where: str) -> bool:

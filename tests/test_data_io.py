@@ -12,6 +12,7 @@ import h5py
 import ml_dtypes
 import numpy as np
 import pytest
+import scipy.io
 import torch
 import zarr
 
@@ -58,6 +59,12 @@ def _save(fmt: str, folder, x: np.ndarray, key: str = "x"):
     if fmt == "zarr":
         zarr.create_array(p := folder / "X.zarr", data=x, chunks=(8, *x.shape[1:]))
         return p, None
+    if fmt == "mat5":
+        scipy.io.savemat(p := folder / "X.mat", {key: x, "y": np.arange(3.0)})
+        return p, key
+    if fmt == "mat73":
+        _save_mat73(p := folder / "X.mat", {key: x, "y": np.arange(3.0)})
+        return p, key
     if fmt == "zarr-group":
         g = zarr.open_group(p := folder / "G.zarr", mode="w")
         g.create_array(key, data=x, chunks=(8, *x.shape[1:]))
@@ -66,7 +73,17 @@ def _save(fmt: str, folder, x: np.ndarray, key: str = "x"):
     raise AssertionError(fmt)
 
 
-FORMATS = ["npy", "npz", "npz-compressed", "pt", "pt-dict", "h5", "zarr", "zarr-group"]
+def _save_mat73(path, arrays: dict) -> None:
+    """Write `arrays` as MATLAB -v7.3 does: HDF5 behind a 512-byte text header, each array column-major."""
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, array in arrays.items():
+            f.create_dataset(name, data=np.asarray(array).T).attrs["MATLAB_class"] = np.bytes_("double")
+        f.create_dataset("#refs#/a", data=np.zeros(2))  # MATLAB's store for cell contents: not a variable
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Sun Nov 29 2026 HDF5 schema 1.00 .".ljust(128))
+
+
+FORMATS = ["npy", "npz", "npz-compressed", "pt", "pt-dict", "h5", "mat5", "mat73", "zarr", "zarr-group"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -84,6 +101,11 @@ def test_round_trip_slices(tmp_path, fmt):
             r.read(40, 51)
     if fmt == "npz-compressed":
         assert any("compressed" in n and "memory-mapped" in n for n in r.notes)
+    elif fmt == "mat5":
+        assert r.notes == [
+            f"DATA {path}: MATLAB files before v7.3 cannot be read in slices, so array `x` (0.0 MiB) was read whole; "
+            "save with -v7.3 (HDF5) or as .npy to stream it"
+        ]
     else:
         assert r.notes == []
 
@@ -114,7 +136,7 @@ def test_wrong_sample_shape(tmp_path):
         open_reader(tmp_path / "V.npy", sample_shape=(1, 224), dtype="float32")
 
 
-@pytest.mark.parametrize("fmt", ["npy", "h5", "zarr"])
+@pytest.mark.parametrize("fmt", ["npy", "h5", "mat5", "mat73", "zarr"])
 def test_cube_read_as_pixel_spectra(tmp_path, fmt):
     cube = _data((5, 7, L))
     path, key = _save(fmt, tmp_path, cube)
@@ -123,7 +145,8 @@ def test_cube_read_as_pixel_spectra(tmp_path, fmt):
     pixels = cube.reshape(35, 1, L)
     for a, b in [(0, 35), (3, 4), (6, 15), (20, 35), (13, 13)]:
         np.testing.assert_array_equal(r.read(a, b), pixels[a:b])
-    assert r.notes == [f"DATA {path}: 5x7 pixels pixel spectra of {L} bands reshaped to (1, {L})"]
+    assert r.notes[-1] == f"DATA {path}: 5x7 pixels pixel spectra of {L} bands reshaped to (1, {L})"
+    assert len(r.notes) == (2 if fmt == "mat5" else 1)  # and the note that it was read whole
     with pytest.raises(JaxjacError, match=rf"pixel spectra of {L} bands; the model expects \(1, 8\)"):
         open_reader(path, sample_shape=(1, 8), dtype="float32", key=key, cube=True)
     with pytest.raises(JaxjacError, match=r"expects \(1, 16\) \(is it an \(H, W, bands\) cube\? pass --cube\)"):
@@ -534,3 +557,31 @@ def test_imports_are_lazy(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("make", "key", "message"),
+    [
+        (
+            lambda p: scipy.io.savemat(p, {"x": np.zeros((3, 4)), "labels": np.arange(3.0), "name": "salinas"}),
+            None,
+            r"X\.mat holds 2 numeric arrays \(`x`, `labels`\); choose one with --key",
+        ),
+        (lambda p: scipy.io.savemat(p, {"meta": {"bands": 4}}), None, r"X\.mat holds 0 numeric arrays \(none\)"),
+        (
+            lambda p: _save_mat73(p, {"x": np.zeros((3, 4)), "y": np.zeros(3)}),
+            "refs",
+            r"--key `refs` is not in DATA .*X\.mat; available datasets: `x`, `y`$",
+        ),
+        (
+            lambda p: p.write_bytes(b"MATLAB 5.0 MAT-file".ljust(128) + b"\x00" * 7),
+            None,
+            r"X\.mat is not a readable MATLAB file",
+        ),
+    ],
+    ids=["several-arrays", "no-numbers", "v7.3-key", "corrupt"],
+)
+def test_mat_files_name_their_variables_in_errors(tmp_path, make, key, message):
+    make(path := tmp_path / "X.mat")
+    with pytest.raises(JaxjacError, match=message):
+        open_reader(path, sample_shape=(4,), dtype="float32", key=key)

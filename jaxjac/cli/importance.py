@@ -111,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA", type=Path, help="the samples: .npy, .npz, .h5, .zarr (or .pt with torch)")
     p.add_argument("-o", "--out", type=Path, metavar="JSON", help="write the report here (e.g. importance.json)")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write the plots (PNG and SVG) beside this path")
-    p.add_argument("--key", help="the dataset inside an .npz, .h5 or .zarr group")
+    p.add_argument("--key", help="the array inside an .npz, .h5, .mat or .zarr group")
     p.add_argument("--cube", action="store_true", help="DATA is a hyperspectral cube (H, W, bands): one sample a pixel")
     p.add_argument("--labels", type=Path, metavar="y.npy", help="true labels (N ints): target, per-class, accuracy")
     what = p.add_argument_group("attribution")

@@ -18,8 +18,8 @@ DESCRIPTION = """\
 Compute the input Jacobian of every sample of a dataset with a converted model
 (a .jaxjac artifact; torch is not needed) and stream it to an output file.
 
-DATA is a .npy, .npz, .h5/.hdf5 or .zarr array of samples (N, *sample_shape);
---key names the array inside an .npz, HDF5 file or zarr group.
+DATA is a .npy, .npz, .h5/.hdf5, .mat or .zarr array of samples (N, *sample_shape);
+--key names the array inside an .npz, HDF5 file, MATLAB file or zarr group.
 The output holds (N, K, *sample_shape) for --target all, else (N, *sample_shape).
 OUT is a .npy or .zarr (bfloat16 only as .zarr). While a run is unfinished
 the rows go to OUT.partial; a complete run renames it onto OUT.
@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", type=Path, help="a .jaxjac artifact (from `jaxjac convert`)")
     p.add_argument("data", metavar="DATA", type=Path, help="the samples: .npy, .npz, .h5, .zarr (or .pt with torch)")
     p.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="the output: .npy or .zarr")
-    p.add_argument("--key", help="the dataset inside an .h5 or .zarr group")
+    p.add_argument("--key", help="the array inside an .npz, .h5, .mat or .zarr group")
     p.add_argument("--cube", action="store_true", help="DATA is a hyperspectral cube (H, W, bands): one sample a pixel")
     what = p.add_argument_group("what to differentiate")
     what.add_argument("--target", type=_target, metavar="all|predicted|INT", help="output rows (default all)")
