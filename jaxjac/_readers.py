@@ -31,7 +31,6 @@ from . import _sources
 from ._durable import path_kind
 from ._errors import JaxjacError
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _EXTENSIONS = {".npy": "npy", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".zarr": "zarr", ".mat": "mat"}
 _EXTENSIONS.update(dict.fromkeys((".h5", ".hdf5", ".hdf", ".he5", ".nc"), "hdf5"))
 
@@ -157,7 +156,7 @@ def _detect(path: str, where: str) -> str:
         return "npy"
     if head.startswith(b"MATLAB") or ext == "mat":  # v5 and v7.3 open with a text header; v4 has none
         return "mat"
-    if head == _HDF5_MAGIC:
+    if head == _sources.HDF5_MAGIC:
         return "hdf5"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "torch" if ext == "torch" or _is_torch_zip(path) else "npz"

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._errors import JaxjacError, first_line
 
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of an HDF5 superblock
 BF16_ATTR = "jaxjac_dtype"  # zarr attribute marking uint16 bit patterns as bfloat16 (see `_writers`)
 
 
@@ -216,6 +217,9 @@ def open_hdf5(path: str, where: str, key: str | None, *, matlab: bool = False) -
     return ArraySource(ds, shape=ds.shape[::-1] if matlab else None, get=get, close=f.close, notes=notes)
 
 
+# MATLAB writes a v7.3 file as HDF5 behind a 512-byte header of its own.
+_MAT73_HDF5_OFFSET = 512
+
 # MATLAB classes that hold numbers (`scipy.io.whosmat` names them so); logical reads as uint8.
 _MAT_NUMERIC = frozenset(
     {"double", "single", "logical", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
@@ -228,9 +232,10 @@ def open_mat(path: str, where: str, key: str | None) -> ArraySource:
     A v7.3 file is HDF5 and is streamed (`open_hdf5`); v4 to v7 files, which
     cannot be sliced, are read whole by SciPy (their format caps them at 2 GB).
     """
-    h5py = need("h5py", f"reading MATLAB file {path}")
-    if h5py.is_hdf5(path):
-        return open_hdf5(path, where, key, matlab=True)
+    with open(path, "rb") as f:
+        f.seek(_MAT73_HDF5_OFFSET)
+        if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+            return open_hdf5(path, where, key, matlab=True)
     import scipy.io
 
     try:
