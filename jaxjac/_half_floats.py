@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Jaxpr, subjaxprs
 
 from .converters.layout import ChannelsLast
 
@@ -71,4 +72,22 @@ def _mapped(fn: Callable[[Any], Any], value: Any) -> Any:
 def _leaves(value: Any) -> list:
     found: list = []
     _mapped(lambda leaf: found.append(leaf), value)
+    return found
+
+
+def half_floats_computed(fn: Callable[[Any], Any], x: Any) -> set[jnp.dtype]:
+    """The half floats that `fn(x)` computes values in, found in its jaxpr (nested ones included).
+
+    A value a constant holds in a half float and casts up before use does not
+    count: only results of operations do.
+    """
+    found: set[jnp.dtype] = set()
+
+    def walk(jaxpr: Jaxpr) -> None:
+        for eqn in jaxpr.eqns:
+            found.update(d for v in eqn.outvars if (d := jnp.dtype(v.aval.dtype)) in _HALF_FLOATS)
+        for sub in subjaxprs(jaxpr):
+            walk(sub)
+
+    walk(jax.make_jaxpr(fn)(x).jaxpr)
     return found

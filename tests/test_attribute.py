@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from architectures import ARCHITECTURES, randomize_batchnorm
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
-from helpers import TORCH_DTYPES, assert_close, precision
+from helpers import TORCH_DTYPES, assert_close, assert_same_rows, precision
 
 import jaxjac
 from jaxjac._methods import AttributionOptions, noise_draws
@@ -404,8 +404,8 @@ def test_streaming_equals_the_jitted_function_at_any_batch_size(models, data):
     x = data.astype(np.float32)
     small = jaxjac.attribute(model, x, "smoothgrad", labels=LABELS, batch_size=4, **NOISE)
     whole = jaxjac.attribute(model, x, "smoothgrad", labels=LABELS, batch_size=300, **NOISE)
-    # The noise is seeded by the row, not the batch: batch size changes nothing.
-    np.testing.assert_array_equal(small, whole)
+    # The noise is seeded by the row, not the batch: batch size changes nothing but the order of sums.
+    assert_same_rows(small, whole)
     expected = noisy_reference(net, x, reference_draws(x), "smoothgrad", "label", LABELS, "logits")
     assert_close(whole, expected, "float32", "smoothgrad, float32")
 

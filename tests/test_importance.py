@@ -1,5 +1,6 @@
 """`jaxjac.importance`: statistics reduced on the device, checked against torch autograd and numpy."""
 
+import copy
 import json
 import math
 import os
@@ -29,11 +30,16 @@ def example():
 
 
 def torch_label_gradients(net: torch.nn.Module, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """d logit[label] / dx per sample, from torch autograd on the torch model: `(N, F)`."""
-    x = torch.from_numpy(X).requires_grad_(True)
-    picked = net(x).gather(1, torch.from_numpy(labels)[:, None]).sum()
+    """d logit[label] / dx per sample, from torch autograd on the torch model in float64: `(N, F)`.
+
+    Float64, because a float32 run may take the other side of a ReLU on a
+    sample whose input to it is within rounding of zero (torch's batched
+    float32 run does on one of the example's 300, on AMD EPYC).
+    """
+    x = torch.from_numpy(X.astype(np.float64)).requires_grad_(True)
+    picked = copy.deepcopy(net).double()(x).gather(1, torch.from_numpy(labels)[:, None]).sum()
     (grad,) = torch.autograd.grad(picked, x)
-    return grad.reshape(len(X), -1).numpy().astype(np.float64)
+    return grad.reshape(len(X), -1).numpy()
 
 
 def numpy_group(a: np.ndarray) -> dict:
@@ -80,8 +86,8 @@ def test_target_all_keeps_one_profile_per_output(example):
     net, model, X, _, _ = example
     data = jaxjac.importance(model, X[:60], target="all", bootstrap=0, **FAST).data
     rows = []
-    x = torch.from_numpy(X[:60]).requires_grad_(True)
-    logits = net(x)
+    x = torch.from_numpy(X[:60].astype(np.float64)).requires_grad_(True)
+    logits = copy.deepcopy(net).double()(x)
     for k in range(3):
         (g,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)
         rows.append(g.reshape(60, -1).numpy())

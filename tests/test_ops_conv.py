@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import TORCH_DTYPES, assert_close, assert_converts, cast, precision, torch_reference
+from helpers import TORCH_DTYPES, assert_close, assert_converts, cast, precision, swap_lowering, torch_reference
 from jax import lax
 
 import jaxjac
+from jaxjac._check import format_report
 from jaxjac.converters import conv
 from jaxjac.converters.conv import conv_tile, patches_conv1d, tiled_conv1d, use_patches
 
@@ -510,3 +511,20 @@ def test_half_float_regions_compute_like_torch(cast: str) -> None:
     ours = np.asarray(jaxjac.jacobian(model, x.numpy()))
     error = lambda jacobian: np.abs(jacobian - truth).max() / np.abs(truth).max()  # noqa: E731
     assert 1e-4 < error(theirs) and error(ours) < 2 * error(theirs), (error(ours), error(theirs))
+
+
+@pytest.mark.parametrize(
+    ("cast", "half", "rtol"), [("half", "float16", 8 * 2**-11), ("autocast", "bfloat16", 8 * 2**-8)]
+)
+def test_the_check_allows_half_float_rounding_and_still_catches_a_lowering_bug(
+    cast: str, half: str, rtol: float, monkeypatch, request
+) -> None:
+    net = HalfPrecisionRegions(cast).eval()
+    x = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(0))
+    check = jaxjac.convert(net, x).metadata["check"]
+    assert check["computes_in"] == [half] and check["rtol"] == pytest.approx(rtol)
+    assert f"for a forward computing in {half})" in format_report(check)
+    assert "computes_in" not in jaxjac.convert(HalfPrecisionRegions(cast, exact=True).eval(), x).metadata["check"]
+    swap_lowering(monkeypatch, request, "aten.relu.default", lambda h: h)
+    with pytest.raises(jaxjac.ConversionCheckError, match=f"beyond rtol={rtol:g}"):
+        jaxjac.convert(net, x)
