@@ -25,6 +25,8 @@ GUARD_PREFIX = "jaxjac branch guard at "
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
+_TORCH_OVERRIDES = os.path.join(_TORCH, "overrides.py")
+_THIS = os.path.abspath(__file__)
 
 
 def _site() -> str:
@@ -38,14 +40,50 @@ def _site() -> str:
     return "<torch>"
 
 
+def _called_from_forward() -> bool:
+    """Whether the op being dispatched was called by the user's code, not by torch's own (`Tensor.__format__`)."""
+    frame = sys._getframe(1)
+    # Past this module and the modes the call went through (torch.export's own, while tracing).
+    while frame is not None and (
+        frame.f_code.co_name == "__torch_function__"
+        or os.path.abspath(frame.f_code.co_filename) in (_THIS, _TORCH_OVERRIDES)
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    filename = os.path.abspath(frame.f_code.co_filename)
+    return not (filename.startswith(_HERE) or filename.startswith(_TORCH))
+
+
+def _item_as_tensor(func, args: tuple, kwargs: dict | None):  # noqa: ANN001, ANN202
+    """`t.item()` from forward as a detached 0-dim tensor, which a trace can follow; None for other calls.
+
+    A Python number read from a traced tensor has no value to compare, so
+    `if x.max().item() > 1:` cannot be traced; a 0-dim tensor compares into a
+    tensor, whose `bool()` the modes below record and guard. Detached, as
+    `item()` is: torch's gradient does not flow through the number either.
+    Arithmetic on it (`x / x.abs().max().item()`) computes the same values.
+    """
+    if func is not torch.Tensor.item or not _called_from_forward():
+        return None
+    return args[0].detach().reshape(())
+
+
 class BranchRecorder(torch.overrides.TorchFunctionMode):
-    """In the block, records each `bool(tensor)` forward asks for: `taken[site]` lists its values in order."""
+    """In the block, records each `bool(tensor)` forward asks for: `taken[site]` lists its values in order.
+
+    `t.item()` gives a 0-dim tensor (see `_item_as_tensor`), so that a branch
+    on the number is recorded as one on a tensor, as it is traced.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.taken: dict[str, list[bool]] = defaultdict(list)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
+        item = _item_as_tensor(func, args, kwargs)
+        if item is not None:
+            return item
         result = func(*args, **(kwargs or {}))
         if func is torch.Tensor.__bool__:
             self.taken[_site()].append(bool(result))
@@ -68,6 +106,9 @@ class BranchesAsTaken(torch.overrides.TorchFunctionMode):
         self.sites: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
+        item = _item_as_tensor(func, args, kwargs)
+        if item is not None:
+            return item
         if func is not torch.Tensor.__bool__:
             return func(*args, **(kwargs or {}))
         site = _site()

@@ -155,3 +155,42 @@ def test_the_cli_traces_the_branches_of_the_check_data(tmp_path, monkeypatch, ca
     assert main([*args, "-o", "zeros.jaxjac"]) == 1
     assert re.search(r"jaxjac: error: \d+ of \d+ probe inputs take other branches", capsys.readouterr().err)
     assert not (tmp_path / "zeros.jaxjac").exists()
+
+
+class ScaledByItsPeak(nn.Module):
+    """Numbers read with `.item()`: a branch on one, and arithmetic with another (a per-sample rescale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 3, 3)
+        self.head = nn.Linear(3 * 6, 2)
+
+    def forward(self, x):  # (1, 1, 8) -> (1, 2): one sample at a time, as `.item()` reads one number
+        if x.amax().item() > 1.0:  # counts in 0..255 rather than reflectance in 0..1
+            x = x / 255.0
+        x = x / (x.abs().amax().item() + 1.0)  # a number, so torch's gradient does not flow through it
+        return self.head(torch.tanh(self.conv(x)).flatten(1))
+
+
+def test_a_branch_on_a_number_read_with_item_is_guarded_and_the_number_follows_each_sample():
+    torch.manual_seed(0)
+    net = ScaledByItsPeak().double().eval()
+    rng = np.random.default_rng(2)
+    reflectance = rng.uniform(0.0, 0.9, (3, 1, 8))
+    counts = rng.uniform(2.0, 255.0, (2, 1, 8))
+    with jax.enable_x64(True):
+        with pytest.warns(UserWarning, match=r"branches on the input's values \(at test_branches_on_data\.py:\d+\)"):
+            model = jaxjac.convert(net, reflectance[:1], check_data=reflectance, dtype="float64")
+        jacobians = jaxjac.jacobian(model, np.concatenate([reflectance, counts]))
+    for i, sample in enumerate(reflectance):  # one torch call per sample: `.item()` reads one number
+        expected = torch.autograd.functional.jacobian(net, torch.as_tensor(sample[None]))[0, :, 0].numpy()
+        np.testing.assert_allclose(jacobians[i], expected, rtol=1e-12, atol=1e-14)
+    assert np.isnan(jacobians[3:]).all()
+
+
+def test_item_in_torch_s_own_code_stays_a_number():
+    from jaxjac._branches import BranchRecorder
+
+    with BranchRecorder():
+        assert f"{torch.tensor(1.25):.1f}" == "1.2"  # Tensor.__format__ calls item(): a tensor there would recurse
+        assert isinstance(torch.tensor(3.0).item(), torch.Tensor)  # from here, forward's place, it is traced
