@@ -100,7 +100,7 @@ def test_a_float32_kink_is_told_from_a_wrong_row_by_torch_in_float64() -> None:
     X = load_example_data()[0][:4]
     truth = demo.torch_jacobians(load_example_model().double(), X.astype(np.float64))
     flipped = truth.copy()
-    flipped[:, 0, 0, 100] += 0.1  # a float32 run that took the other side of a ReLU
+    flipped[:, 0, 0, 100] += 0.1  # rows off by a whole term, in float64 too: a lowering bug
     tolerance = 1e-4 * np.abs(truth).max()
-    assert "at a float32 kink" in demo._kinks_in_float32(net, X, truth.astype(np.float32), flipped, tolerance)
-    assert demo._kinks_in_float32(net, X, flipped, truth.astype(np.float32), tolerance) is None
+    assert "at a float32 kink" in demo._kinks_in_float32(net, X, truth.astype(np.float32), tolerance)
+    assert demo._kinks_in_float32(net, X, flipped.astype(np.float32), tolerance) is None
