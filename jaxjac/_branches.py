@@ -26,6 +26,7 @@ GUARD_PREFIX = "jaxjac branch guard at "
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 _TORCH_OVERRIDES = os.path.join(_TORCH, "overrides.py")
+_FAKE_TENSOR = os.path.join(_TORCH, "_subclasses", "fake_tensor.py")
 _THIS = os.path.abspath(__file__)
 
 
@@ -43,10 +44,11 @@ def _site() -> str:
 def _called_from_forward() -> bool:
     """Whether the op being dispatched was called by the user's code, not by torch's own (`Tensor.__format__`)."""
     frame = sys._getframe(1)
-    # Past this module and the modes the call went through (torch.export's own, while tracing).
+    # Past this module, the modes the call went through (torch.export's own, while tracing) and
+    # the fake tensor's stand-ins for the methods forward called (its `tolist` calls `item`).
     while frame is not None and (
         frame.f_code.co_name == "__torch_function__"
-        or os.path.abspath(frame.f_code.co_filename) in (_THIS, _TORCH_OVERRIDES)
+        or os.path.abspath(frame.f_code.co_filename) in (_THIS, _TORCH_OVERRIDES, _FAKE_TENSOR)
     ):
         frame = frame.f_back
     if frame is None:
@@ -55,25 +57,31 @@ def _called_from_forward() -> bool:
     return not (filename.startswith(_HERE) or filename.startswith(_TORCH))
 
 
-def _item_as_tensor(func, args: tuple, kwargs: dict | None):  # noqa: ANN001, ANN202
-    """`t.item()` from forward as a detached 0-dim tensor, which a trace can follow; None for other calls.
+def _numbers_as_tensors(func, args: tuple, kwargs: dict | None):  # noqa: ANN001, ANN202
+    """`t.item()` from forward as a detached 0-dim tensor, `t.tolist()` as lists of them; None for other calls.
 
     A Python number read from a traced tensor has no value to compare, so
     `if x.max().item() > 1:` cannot be traced; a 0-dim tensor compares into a
     tensor, whose `bool()` the modes below record and guard. Detached, as
-    `item()` is: torch's gradient does not flow through the number either.
-    Arithmetic on it (`x / x.abs().max().item()`) computes the same values.
+    the numbers are: torch's gradient does not flow through them either.
+    Arithmetic on them (`x / x.abs().max().item()`) computes the same values.
     """
-    if func is not torch.Tensor.item or not _called_from_forward():
+    if func not in (torch.Tensor.item, torch.Tensor.tolist) or not _called_from_forward():
         return None
-    return args[0].detach().reshape(())
+    value = args[0].detach()
+    return value.reshape(()) if func is torch.Tensor.item else _nested(value)
+
+
+def _nested(t: torch.Tensor) -> torch.Tensor | list:
+    return t if t.ndim == 0 else [_nested(row) for row in t.unbind(0)]
 
 
 class BranchRecorder(torch.overrides.TorchFunctionMode):
     """In the block, records each `bool(tensor)` forward asks for: `taken[site]` lists its values in order.
 
-    `t.item()` gives a 0-dim tensor (see `_item_as_tensor`), so that a branch
-    on the number is recorded as one on a tensor, as it is traced.
+    `t.item()` gives a 0-dim tensor and `t.tolist()` lists of them (see
+    `_numbers_as_tensors`), so that a branch on a number is recorded as one
+    on a tensor, as it is traced.
     """
 
     def __init__(self) -> None:
@@ -81,7 +89,7 @@ class BranchRecorder(torch.overrides.TorchFunctionMode):
         self.taken: dict[str, list[bool]] = defaultdict(list)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
-        item = _item_as_tensor(func, args, kwargs)
+        item = _numbers_as_tensors(func, args, kwargs)
         if item is not None:
             return item
         result = func(*args, **(kwargs or {}))
@@ -106,7 +114,7 @@ class BranchesAsTaken(torch.overrides.TorchFunctionMode):
         self.sites: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
-        item = _item_as_tensor(func, args, kwargs)
+        item = _numbers_as_tensors(func, args, kwargs)
         if item is not None:
             return item
         if func is not torch.Tensor.__bool__:

@@ -158,7 +158,7 @@ def test_the_cli_traces_the_branches_of_the_check_data(tmp_path, monkeypatch, ca
 
 
 class ScaledByItsPeak(nn.Module):
-    """Numbers read with `.item()`: a branch on one, and arithmetic with another (a per-sample rescale)."""
+    """Numbers read with `.tolist()` and `.item()`: a branch on one, and arithmetic with others (per-sample shifts)."""
 
     def __init__(self):
         super().__init__()
@@ -166,13 +166,15 @@ class ScaledByItsPeak(nn.Module):
         self.head = nn.Linear(3 * 6, 2)
 
     def forward(self, x):  # (1, 1, 8) -> (1, 2): one sample at a time, as `.item()` reads one number
-        if x.amax().item() > 1.0:  # counts in 0..255 rather than reflectance in 0..1
+        low, high = torch.stack([x.amin(), x.amax()]).tolist()
+        if high > 1.0:  # counts in 0..255 rather than reflectance in 0..1
             x = x / 255.0
+        x = x - 0.5 * low
         x = x / (x.abs().amax().item() + 1.0)  # a number, so torch's gradient does not flow through it
         return self.head(torch.tanh(self.conv(x)).flatten(1))
 
 
-def test_a_branch_on_a_number_read_with_item_is_guarded_and_the_number_follows_each_sample():
+def test_a_branch_on_a_number_read_with_item_or_tolist_is_guarded_and_numbers_follow_each_sample():
     torch.manual_seed(0)
     net = ScaledByItsPeak().double().eval()
     rng = np.random.default_rng(2)
