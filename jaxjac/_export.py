@@ -364,7 +364,8 @@ _EXPORT_HINTS = (
     ),
     (
         "data-dependent expression",
-        "forward reads a tensor's values as Python numbers (.item(), .tolist(), int(t), a branch on a tensor), so "
+        "forward reads a tensor's values as Python numbers (float(t) or int(t), or .item() or .tolist() for a "
+        "shape or a size; a branch on a tensor or on .item() is traced as the example took it, with a guard), so "
         f"what it computes may depend on the data; where they are the same for every input, {_TRACE_INSTEAD}",
     ),
     (
