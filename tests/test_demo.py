@@ -101,6 +101,9 @@ def test_a_float32_kink_is_told_from_a_wrong_row_by_torch_in_float64() -> None:
     truth = demo.torch_jacobians(load_example_model().double(), X.astype(np.float64))
     flipped = truth.copy()
     flipped[:, 0, 0, 100] += 0.1  # rows off by a whole term, in float64 too: a lowering bug
-    tolerance = 1e-4 * np.abs(truth).max()
-    assert "at a float32 kink" in demo._kinks_in_float32(net, X, truth.astype(np.float32), tolerance)
-    assert demo._kinks_in_float32(net, X, flipped.astype(np.float32), tolerance) is None
+    scale = np.abs(truth).max()
+    assert "at a float32 kink" in demo._kinks_in_float32(net, X, truth.astype(np.float32), scale, 1e-4)
+    assert demo._kinks_in_float32(net, X, flipped.astype(np.float32), scale, 1e-4) is None
+    not_a_number = truth.astype(np.float32)
+    not_a_number[0, 0, 0, 0] = np.nan  # a NaN row is never a kink
+    assert demo._kinks_in_float32(net, X, not_a_number, scale, 1e-4) is None
