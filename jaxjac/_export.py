@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
+from . import _decompositions
 from ._branches import BranchesAsTaken, record_branches
 from ._errors import JaxjacError
 from ._known_values import KnownValues
@@ -118,7 +119,7 @@ def export_one_sample(net: torch.nn.Module, sample: torch.Tensor) -> torch.expor
     if program is not None:  # traced, but not decomposed: once more without the tracing aids
         try:
             with eval_mode(net, warn=False), torch.enable_grad(), _quiet_export():
-                return program.run_decompositions(_decomposition_table())
+                return _decompositions.decompose(program)
         except Exception:
             raise JaxjacError(
                 f"torch could not decompose the traced forward into core ATen ops: {_gist(failure)}"
@@ -209,7 +210,7 @@ def _traced_and_decomposed(
         sys.stderr.write(printed.getvalue())
         _detach_no_grad_blocks(program)
         try:
-            decomposed = program.run_decompositions(_decomposition_table())
+            decomposed = _decompositions.decompose(program)
         except Exception as error:  # torch's own assertion (torch.linalg.solve under _RealConstants)
             return program, None, error
     if as_taken is not None and as_taken.sites:
@@ -457,7 +458,7 @@ def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:
     """Put a `detach` on every output of each `torch.no_grad()` block of the graph, in place.
 
     Decomposition inlines the blocks and forgets that they computed without
-    gradients; the `detach`es it keeps (see `_decomposition_table`) remember.
+    gradients; the `detach`es it keeps (see `_decompositions.core_aten_table`) remember.
     """
     graph = program.graph
     no_grad_blocks = [
@@ -477,37 +478,6 @@ def _detach_no_grad_blocks(program: torch.export.ExportedProgram) -> None:
             user.replace_all_uses_with(detached, delete_user_cb=lambda node, detached=detached: node is not detached)
     if no_grad_blocks:
         program.graph_module.recompile()
-
-
-# Ops whose own backward torch defines at the kinks (hardswish'(-3) = 0, std's
-# gradient 0 on a constant slice, sinc'(0) = 0): decomposing them into
-# clamp/mul/div, sqrt(var) or sin/div would change the Jacobian there.
-_KEEP_WHOLE = (
-    "hardswish.default",
-    "hardsigmoid.default",
-    "std.correction",
-    "std.dim",
-    "std_mean.correction",
-    "sinc.default",
-    # Its p = 2 product form decomposes into sqrt(clamp(...)), NaN in the gradient at distance 0.
-    "cdist.default",
-    # Recurrences, scanned in `converters/recurrent.py`: decomposed, they unroll into every step.
-    "lstm.input",
-    "gru.input",
-    "rnn_tanh.input",
-    "rnn_relu.input",
-)
-
-
-def _decomposition_table() -> dict:
-    table = torch.export.default_decompositions()
-    for name in _KEEP_WHOLE:
-        packet, overload = name.split(".")
-        table.pop(getattr(getattr(torch.ops.aten, packet), overload), None)
-    # The default table turns `detach` into `alias`, an identity: the gradient
-    # that `x.mean().detach()` (RevIN normalisation, say) stops would flow again.
-    table.pop(torch.ops.aten.detach.default, None)
-    return table
 
 
 @contextlib.contextmanager
