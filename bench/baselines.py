@@ -47,6 +47,9 @@ class Baseline:
     helper measurement (``"forward"``, ``"vjp"``); `per_sample` marks the
     seed's loop, timed on `--loop-n` samples only; `mode` is ``"batch"``,
     ``"stream"`` or ``"resident"`` (module docstring); `devices` where it runs.
+    `batch_size_of` names an earlier baseline at whose fastest batch size
+    alone this one is timed (torch.compile compiles anew for each size, which
+    takes minutes on a few cores).
     """
 
     name: str
@@ -56,6 +59,7 @@ class Baseline:
     per_sample: bool = False
     mode: str = "batch"
     devices: tuple[str, ...] = ("cpu", "gpu")
+    batch_size_of: str | None = None
 
 
 def _torch_device(ctx: Context) -> Any:
@@ -246,7 +250,7 @@ BASELINES: dict[str, Baseline] = {
         Baseline("seed loop", "torch", "all", lambda ctx: _seed_loop(ctx), per_sample=True),
         Baseline("torch.func vmap(jacrev)", "torch", "all", _torch_func_vmap_jacrev),
         Baseline("torch best", "torch", "all", _torch_best("all")),
-        Baseline("torch best + compile", "torch", "all", _torch_compiled("all")),
+        Baseline("torch best + compile", "torch", "all", _torch_compiled("all"), batch_size_of="torch best"),
         Baseline("jaxjac vmap-jacrev", "jax", "all", _jaxjac("all", "vmap-jacrev")),
         Baseline("jaxjac batched-vjp", "jax", "all", _jaxjac("all", "batched-vjp")),
         Baseline("captum Saliency", "torch", "predicted", _saliency),

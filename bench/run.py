@@ -148,6 +148,9 @@ def run_comparison(
             for baseline in (b for b in baselines if device in BASELINES[b].devices):
                 start = time.perf_counter()
                 spec_b = {**spec, "repeats": 1 if BASELINES[baseline].per_sample else repeats}
+                fastest_of = entry["baselines"].get(BASELINES[baseline].batch_size_of, {}).get("batch_size")
+                if fastest_of is not None:
+                    spec_b["batch_sizes"] = [fastest_of]
                 result = run_worker({**spec_b, "baseline": baseline}, workdir, timeout, inprocess)
                 entry["baselines"][baseline] = result
                 rate = f"{result['samples_per_s']:.0f} samples/s" if result["status"] == "ok" else result["reason"]

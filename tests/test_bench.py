@@ -125,6 +125,26 @@ def test_a_wrong_baseline_is_reported_not_timed(monkeypatch, tmp_path):
     assert "samples_per_s" not in result
 
 
+def test_a_baseline_timed_at_another_s_fastest_batch_size_runs_at_that_size_alone(monkeypatch):
+    from bench.run import run_comparison
+
+    follower = bl.Baseline("follower", "torch", "all", bl.BASELINES["torch best"].make, batch_size_of="torch best")
+    monkeypatch.setitem(bl.BASELINES, "follower", follower)
+    results = run_comparison(
+        ["seed-cnn"],
+        ["torch best", "follower"],
+        n=32,
+        batch_sizes=(8, 16),
+        repeats=1,
+        precision_models=(),
+        inprocess=True,
+        log=lambda _: None,
+    )["seed-cnn"]["baselines"]
+    assert set(results["torch best"]["rates_by_batch"]) == {"8", "16"}
+    assert list(results["follower"]["rates_by_batch"]) == [str(results["torch best"]["batch_size"])]
+    assert bl.BASELINES["torch best + compile"].batch_size_of == "torch best"
+
+
 # torch pins host memory only with CUDA; the rest of the GPU-only rows run the same code on the CPU device.
 GPU_ROWS = [n for n, b in bl.BASELINES.items() if "cpu" not in b.devices and n != "torch best (pinned host)"]
 
