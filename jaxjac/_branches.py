@@ -76,29 +76,37 @@ def _nested(t: torch.Tensor) -> torch.Tensor | list:
     return t if t.ndim == 0 else [_nested(row) for row in t.unbind(0)]
 
 
-class BranchRecorder(torch.overrides.TorchFunctionMode):
+class _NumbersAsTensors(torch.overrides.TorchFunctionMode):
+    """In the block, forward's `t.item()` gives a 0-dim tensor and `t.tolist()` lists of them
+    (`_numbers_as_tensors`); every other call goes to `_call`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
+        item = _numbers_as_tensors(func, args, kwargs)
+        return item if item is not None else self._call(func, args, kwargs or {})
+
+    def _call(self, func, args: tuple, kwargs: dict):  # noqa: ANN001, ANN202
+        return func(*args, **kwargs)
+
+
+class BranchRecorder(_NumbersAsTensors):
     """In the block, records each `bool(tensor)` forward asks for: `taken[site]` lists its values in order.
 
-    `t.item()` gives a 0-dim tensor and `t.tolist()` lists of them (see
-    `_numbers_as_tensors`), so that a branch on a number is recorded as one
-    on a tensor, as it is traced.
+    A branch on a number read with `.item()` or `.tolist()` is recorded as
+    one on a tensor, as it is traced (`_NumbersAsTensors`).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.taken: dict[str, list[bool]] = defaultdict(list)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
-        item = _numbers_as_tensors(func, args, kwargs)
-        if item is not None:
-            return item
-        result = func(*args, **(kwargs or {}))
+    def _call(self, func, args: tuple, kwargs: dict):  # noqa: ANN001, ANN202
+        result = func(*args, **kwargs)
         if func is torch.Tensor.__bool__:
             self.taken[_site()].append(bool(result))
         return result
 
 
-class BranchesAsTaken(torch.overrides.TorchFunctionMode):
+class BranchesAsTaken(_NumbersAsTensors):
     """In the block, `bool(t)` of a traced tensor `t` is what it was at the same site and turn when recorded.
 
     Each such condition is traced as an assertion that it comes out that way
@@ -113,21 +121,18 @@ class BranchesAsTaken(torch.overrides.TorchFunctionMode):
         self._turns: dict[str, int] = defaultdict(int)
         self.sites: list[str] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204  (torch's protocol)
-        item = _numbers_as_tensors(func, args, kwargs)
-        if item is not None:
-            return item
+    def _call(self, func, args: tuple, kwargs: dict):  # noqa: ANN001, ANN202
         if func is not torch.Tensor.__bool__:
-            return func(*args, **(kwargs or {}))
+            return func(*args, **kwargs)
         site = _site()
         turn = self._turns[site]
         self._turns[site] += 1
         condition = args[0]
         if not is_fake(condition):
-            return func(*args, **(kwargs or {}))
+            return func(*args, **kwargs)
         recorded = self._taken.get(site, [])
         if turn >= len(recorded):  # the trace went where the example did not: no value to take
-            return func(*args, **(kwargs or {}))
+            return func(*args, **kwargs)
         taken = recorded[turn]
         holds = condition.bool() if taken else condition.logical_not()
         torch._assert_async(holds, GUARD_PREFIX + site)

@@ -29,9 +29,7 @@ def assert_close(actual, expected, dtype: str, what: str = "values") -> None:
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != torch's {expected.shape}"
     assert np.all(np.isfinite(actual) == np.isfinite(expected)), f"{what}: non-finite entries differ from torch"
-    finite = np.isfinite(expected)
-    scale = float(np.max(np.abs(expected[finite]), initial=0.0))
-    err = float(np.max(np.abs(actual[finite] - expected[finite]), initial=0.0))
+    err, scale = _error_and_scale(actual, expected)
     assert err <= RTOL[dtype] * max(scale, 1e-30), (
         f"{what}: max abs error {err:.3g} vs scale {scale:.3g} (relative {err / max(scale, 1e-30):.3g}, "
         f"tolerance {RTOL[dtype]:g}, {dtype})"
@@ -50,10 +48,16 @@ def assert_same_rows(actual, expected, what: str = "rows") -> None:
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert np.array_equal(np.isnan(actual), np.isnan(expected)), f"{what}: NaN entries differ"
+    err, scale = _error_and_scale(actual, expected)
+    assert err <= SAME_ROWS_RTOL * max(scale, 1e-30), f"{what}: max abs difference {err:.3g} vs scale {scale:.3g}"
+
+
+def _error_and_scale(actual, expected) -> tuple[float, float]:
+    """`(max|actual - expected|, max|expected|)` in float64, over the entries where `expected` is finite."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     finite = np.isfinite(expected)
     scale = float(np.max(np.abs(expected[finite]), initial=0.0))
-    err = float(np.max(np.abs(actual[finite].astype(np.float64) - expected[finite]), initial=0.0))
-    assert err <= SAME_ROWS_RTOL * max(scale, 1e-30), f"{what}: max abs difference {err:.3g} vs scale {scale:.3g}"
+    return float(np.max(np.abs(actual[finite] - expected[finite]), initial=0.0)), scale
 
 
 class Fn(torch.nn.Module):
