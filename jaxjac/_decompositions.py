@@ -10,8 +10,10 @@ level, which is the same for the ops the graph does not call itself).
 `decompose` hands torch only the CIA ops whose treatment differs (those kept
 whole or given a Python decomposition of their own) and those the graph
 calls: the same program (`tests/test_decompositions.py` compares them node
-for node) at a fifth of the cost. Where torch's internals are not as
-expected, it calls `run_decompositions` as it is.
+for node) without the fixed cost, which leaves the retrace itself (0.1 s for
+a small model, 0.3-0.5 s for the test zoo's, against 0.55-0.76 s before).
+Where torch's internals are not as expected, it calls `run_decompositions`
+as it is.
 """
 
 from __future__ import annotations
